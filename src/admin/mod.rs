@@ -1,0 +1,95 @@
+//! The admin HTTP listener: /metrics (Prometheus text format) and /status (plain text).
+//! Bound to loopback by default; a non-loopback address must be configured explicitly.
+
+use std::convert::Infallible;
+use std::fmt::Write;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::state::State;
+
+pub struct Admin {
+    pub metrics: Arc<Metrics>,
+    pub state: Arc<State>,
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+impl Admin {
+    fn status(&self) -> String {
+        let mut s = String::new();
+        for pool in &self.state.pools {
+            let _ = writeln!(s, "pool {} ({})", pool.name, pool.balance.as_str());
+            for sv in &pool.servers {
+                let _ = writeln!(
+                    s,
+                    "  {:<28} {:<4} active={} weight={}",
+                    sv.label,
+                    if sv.is_up() { "UP" } else { "DOWN" },
+                    sv.active(),
+                    sv.config.weight
+                );
+            }
+        }
+        for t in &self.state.sticky_tables {
+            let _ = writeln!(s, "sticky table {}: {} entries", t.name, t.len());
+        }
+        s
+    }
+
+    fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
+        }
+        match req.uri().path() {
+            "/metrics" => {
+                text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.metrics.encode())
+            }
+            "/" | "/status" => text(StatusCode::OK, "text/plain; charset=utf-8", self.status()),
+            _ => text(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics or /status\n".into()),
+        }
+    }
+}
+
+/// Serves until `stop` turns true.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("admin accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let resp = admin.respond(&req);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(60), conn).await;
+        });
+    }
+}

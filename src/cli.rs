@@ -1,0 +1,165 @@
+//! The command line: run | check | nft | doctor | lab.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, format_duration, Config, Source};
+use crate::intercept;
+
+#[derive(Parser, Debug)]
+#[command(name = "portier", version, about = "Transparent L4 load balancer for Microsoft UC estates")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the balancer (installs its nftables table and routes; removes them on SIGTERM).
+    Run {
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and print a summary.
+    Check {
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Print the nftables ruleset and policy routing `run` would install.
+    Nft {
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Check kernel support, capabilities, rules, routes and listeners; explain what is missing.
+    Doctor {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Build a namespace lab, run portier in it with a built-in config and show who served whom.
+    Lab {
+        /// Stop after this long (e.g. "30s"); without it, wait for Ctrl-C.
+        #[arg(long)]
+        duration: Option<String>,
+    },
+}
+
+/// Exit status of a command that failed on its own terms (invalid config, doctor findings).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+pub fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    config::load(path).map_err(|e| anyhow::Error::new(Refused(e.to_string())))
+}
+
+pub fn summary(c: &Config) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "{}: OK", c.path.display());
+    let _ = writeln!(
+        s,
+        "admin: {}   intercept: fwmark {:#x}, route table {}",
+        c.admin.listen, c.intercept.fwmark, c.intercept.route_table
+    );
+    for p in &c.pools {
+        let check = p.check.as_ref().map(|ch| {
+            format!(
+                "{} check every {} (timeout {}, rise {}, fall {})",
+                ch.kind.as_str(),
+                format_duration(ch.interval),
+                format_duration(ch.timeout),
+                ch.rise,
+                ch.fall
+            )
+        });
+        let _ = writeln!(
+            s,
+            "pool {}: {} over {} server(s); {}",
+            p.name,
+            p.balance.as_str(),
+            p.servers.len(),
+            check.unwrap_or_else(|| "no check (always up)".into())
+        );
+        for sv in &p.servers {
+            let _ = writeln!(s, "  server {} weight {}", sv.label(), sv.weight);
+        }
+    }
+    for sv in &c.services {
+        let vips: Vec<String> = sv.vips.iter().map(|v| v.to_string()).collect();
+        let ports: Vec<String> = sv.ports.iter().map(|p| p.to_string()).collect();
+        let source = match sv.source {
+            Source::Client => "client (transparent)".to_string(),
+            Source::Balancer => "balancer (SNAT)".to_string(),
+            Source::Address(ip) => format!("{ip} (SNAT)"),
+        };
+        let sticky = sv
+            .sticky
+            .as_ref()
+            .map(|st| format!("client-ip table {} for {}", st.table, format_duration(st.expire)))
+            .unwrap_or_else(|| "none".into());
+        let _ = writeln!(
+            s,
+            "service {}: {} ports {} -> pool {}; source {}; sticky {}; idle {}",
+            sv.name,
+            vips.join(","),
+            ports.join(","),
+            c.pools[sv.pool].name,
+            source,
+            sticky,
+            format_duration(sv.idle_timeout)
+        );
+    }
+    s
+}
+
+pub fn init_logging(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+pub fn main_with(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Check { config } => {
+            let c = load(&config)?;
+            print!("{}", summary(&c));
+            Ok(())
+        }
+        Command::Nft { config } => {
+            let c = load(&config)?;
+            let ports = intercept::listener_ports(&c);
+            print!("{}", intercept::render_routing(&c.intercept));
+            print!("{}", intercept::render_table(&c, &ports));
+            Ok(())
+        }
+        Command::Doctor { config } => {
+            let c = config.as_deref().map(load).transpose()?;
+            let report = intercept::doctor::diagnose(c.as_ref());
+            for f in &report.findings {
+                println!("{f}");
+            }
+            if report.failed() {
+                Err(anyhow::Error::new(Refused("doctor found problems (FAIL lines above)".into())))
+            } else {
+                Ok(())
+            }
+        }
+        Command::Run { config } => {
+            let c = load(&config)?;
+            init_logging(&c.global.log_level);
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(crate::runtime::run(c))?;
+            Ok(())
+        }
+        Command::Lab { duration } => {
+            init_logging("info");
+            let d = duration
+                .as_deref()
+                .map(config::parse_duration)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--duration: {e}"))?;
+            crate::lab::demo::run(d)
+        }
+    }
+}

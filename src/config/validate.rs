@@ -1,0 +1,516 @@
+//! Stage two: from the file's shape to a typed `Config`, checking meaning and cross references.
+//! Every error names file, line and field; all errors of a file are reported together.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::duration::{format_duration, parse_duration};
+use super::error::{ConfigError, ConfigErrors, Locator};
+use super::file::*;
+use super::model::*;
+
+struct Checker<'a> {
+    loc: Locator<'a>,
+    errors: Vec<ConfigError>,
+}
+
+fn span<T>(s: &Spanned<T>) -> Option<Range<usize>> {
+    Some(s.span())
+}
+
+impl Checker<'_> {
+    fn err(&mut self, span: Option<Range<usize>>, field: impl Into<String>, msg: impl Into<String>) {
+        let e = self.loc.error(span, field, msg);
+        self.errors.push(e);
+    }
+
+    fn duration(&mut self, v: &Option<Spanned<String>>, field: &str, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match parse_duration(s.get_ref()) {
+                Ok(d) if d.is_zero() => {
+                    self.err(span(s), field, "must be greater than zero");
+                    default
+                }
+                Ok(d) => d,
+                Err(m) => {
+                    self.err(span(s), field, m);
+                    default
+                }
+            },
+        }
+    }
+
+    fn name(&mut self, n: &Spanned<String>, what: &str) {
+        let ok = !n.get_ref().is_empty()
+            && n.get_ref().len() <= 64
+            && n.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !ok {
+            self.err(
+                span(n),
+                format!("{what}.{}", n.get_ref()),
+                "names may use only letters, digits, '-' and '_' (at most 64)",
+            );
+        }
+    }
+}
+
+/// Parses a server address: `198.18.2.11`, `198.18.2.11:443`, `2001:db8::11`, `[2001:db8::11]:443`.
+pub fn parse_server_address(text: &str) -> Result<(IpAddr, Option<u16>), String> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok((ip, None));
+    }
+    match text.parse::<SocketAddr>() {
+        Ok(sa) if sa.port() == 0 => Err(format!("`{text}`: port 0 is not a port")),
+        Ok(sa) => Ok((sa.ip(), Some(sa.port()))),
+        Err(_) => Err(format!(
+            "`{text}` is not an IP address or address:port (IPv6 with a port needs brackets: [2001:db8::1]:443)"
+        )),
+    }
+}
+
+/// Parses one `ports` element: an integer or a "low-high" string.
+pub fn parse_port_spec(v: &toml::Value) -> Result<PortRange, String> {
+    let one = |n: i64| -> Result<u16, String> {
+        if (1..=65535).contains(&n) {
+            Ok(n as u16)
+        } else {
+            Err(format!("{n} is not a port (1-65535)"))
+        }
+    };
+    match v {
+        toml::Value::Integer(n) => {
+            let p = one(*n)?;
+            Ok(PortRange { low: p, high: p })
+        }
+        toml::Value::String(s) => {
+            let (lo, hi) = match s.split_once('-') {
+                Some((a, b)) => (a.trim(), b.trim()),
+                None => (s.trim(), s.trim()),
+            };
+            let lo: i64 = lo.parse().map_err(|_| format!("`{s}` is not a port or \"low-high\" range"))?;
+            let hi: i64 = hi.parse().map_err(|_| format!("`{s}` is not a port or \"low-high\" range"))?;
+            let (lo, hi) = (one(lo)?, one(hi)?);
+            if lo > hi {
+                return Err(format!("range `{s}` runs backwards"));
+            }
+            Ok(PortRange { low: lo, high: hi })
+        }
+        other => {
+            Err(format!("{} is not a port; write an integer or a \"low-high\" string", other.type_str()))
+        }
+    }
+}
+
+pub fn validate(file: &FileConfig, path: &Path, src: &str) -> Result<Config, ConfigErrors> {
+    let mut c = Checker { loc: Locator::new(path, src), errors: Vec::new() };
+
+    // [global]
+    let global = match &file.global {
+        None => GlobalConfig { drain_timeout: DEFAULT_DRAIN_TIMEOUT, log_level: "info".into() },
+        Some(g) => {
+            let drain_timeout = c.duration(&g.drain_timeout, "global.drain_timeout", DEFAULT_DRAIN_TIMEOUT);
+            let log_level = match &g.log_level {
+                None => "info".to_string(),
+                Some(l) => {
+                    let v = l.get_ref().to_ascii_lowercase();
+                    if !["error", "warn", "info", "debug", "trace"].contains(&v.as_str()) {
+                        c.err(span(l), "global.log_level", "use one of error, warn, info, debug, trace");
+                    }
+                    v
+                }
+            };
+            GlobalConfig { drain_timeout, log_level }
+        }
+    };
+
+    // [admin]
+    let admin_listen = match &file.admin {
+        None => DEFAULT_ADMIN_LISTEN.parse().expect("default admin address is valid"),
+        Some(a) => match a.listen.get_ref().parse::<SocketAddr>() {
+            Ok(sa) => sa,
+            Err(_) => {
+                c.err(
+                    span(&a.listen),
+                    "admin.listen",
+                    format!("`{}` is not an address:port", a.listen.get_ref()),
+                );
+                DEFAULT_ADMIN_LISTEN.parse().expect("default admin address is valid")
+            }
+        },
+    };
+
+    // [intercept]
+    let mut intercept = InterceptConfig { fwmark: DEFAULT_FWMARK, route_table: DEFAULT_ROUTE_TABLE };
+    if let Some(i) = &file.intercept {
+        if let Some(m) = &i.fwmark {
+            if *m.get_ref() == 0 {
+                c.err(span(m), "intercept.fwmark", "0 means \"no mark\"; choose a non-zero mark");
+            }
+            intercept.fwmark = *m.get_ref();
+        }
+        if let Some(t) = &i.route_table {
+            let t_v = *t.get_ref();
+            if t_v == 0 || t_v >= 253 && t_v <= 255 {
+                c.err(
+                    span(t),
+                    "intercept.route_table",
+                    format!("table {t_v} is reserved (0 unspec, 253 default, 254 main, 255 local)"),
+                );
+            }
+            intercept.route_table = t_v;
+        }
+    }
+
+    // [pools.*]
+    let mut pools = Vec::new();
+    let mut pool_index = BTreeMap::new();
+    for (name, p) in &file.pools {
+        c.name(name, "pools");
+        let field = |f: &str| format!("pools.{}.{f}", name.get_ref());
+        let balance = match p.balance.unwrap_or(BalanceFile::Roundrobin) {
+            BalanceFile::Roundrobin => Balance::RoundRobin,
+            BalanceFile::Leastconn => Balance::LeastConn,
+            BalanceFile::SourceHash => Balance::SourceHash,
+        };
+        let mut servers: Vec<ServerConfig> = Vec::new();
+        if p.servers.get_ref().is_empty() {
+            c.err(span(&p.servers), field("servers"), "a pool needs at least one server");
+        }
+        for s in p.servers.get_ref() {
+            let weight = match &s.weight {
+                None => 1,
+                Some(w) if (1..=1000).contains(w.get_ref()) => *w.get_ref(),
+                Some(w) => {
+                    c.err(span(w), field("servers.weight"), format!("{} is outside 1-1000", w.get_ref()));
+                    1
+                }
+            };
+            match parse_server_address(s.address.get_ref()) {
+                Ok((address, port)) => {
+                    let sc = ServerConfig { address, port, weight };
+                    if servers.iter().any(|o| o.address == sc.address && o.port == sc.port) {
+                        c.err(
+                            span(&s.address),
+                            field("servers.address"),
+                            format!("`{}` is listed twice", s.address.get_ref()),
+                        );
+                    }
+                    if address.is_unspecified() || address.is_multicast() {
+                        c.err(
+                            span(&s.address),
+                            field("servers.address"),
+                            format!("`{address}` cannot be a server"),
+                        );
+                    }
+                    servers.push(sc);
+                }
+                Err(m) => c.err(span(&s.address), field("servers.address"), m),
+            }
+        }
+        let check = p.check.as_ref().map(|ch| check_config(&mut c, ch, name.get_ref(), &servers));
+        pool_index.insert(name.get_ref().clone(), pools.len());
+        pools.push(PoolConfig { name: name.get_ref().clone(), balance, servers, check });
+    }
+
+    // [services.*]
+    let mut services: Vec<ServiceConfig> = Vec::new();
+    let mut claims: Vec<(IpAddr, PortRange, String, Range<usize>)> = Vec::new();
+    let mut sticky_tables: BTreeMap<String, (Duration, String)> = BTreeMap::new();
+    for (name, s) in &file.services {
+        c.name(name, "services");
+        let sname = name.get_ref().clone();
+        let field = |f: &str| format!("services.{sname}.{f}");
+
+        let mut vips = Vec::new();
+        let vip_values: Vec<toml::Value> = match s.vip.get_ref() {
+            toml::Value::Array(a) => a.clone(),
+            v => vec![v.clone()],
+        };
+        if vip_values.is_empty() {
+            c.err(span(&s.vip), field("vip"), "needs at least one address");
+        }
+        for v in &vip_values {
+            match v.as_str().map(|t| (t, t.parse::<IpAddr>())) {
+                Some((_, Ok(ip))) if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() => {
+                    c.err(span(&s.vip), field("vip"), format!("`{ip}` cannot be a virtual IP"))
+                }
+                Some((_, Ok(ip))) => {
+                    if vips.contains(&ip) {
+                        c.err(span(&s.vip), field("vip"), format!("`{ip}` is listed twice"));
+                    }
+                    vips.push(ip)
+                }
+                Some((t, Err(_))) => c.err(span(&s.vip), field("vip"), format!("`{t}` is not an IP address")),
+                None => c.err(
+                    span(&s.vip),
+                    field("vip"),
+                    format!("{} is not an address; write \"198.19.0.10\" or a list of them", v.type_str()),
+                ),
+            }
+        }
+
+        let mut ports: Vec<PortRange> = Vec::new();
+        let port_values: Vec<toml::Value> = match s.ports.get_ref() {
+            toml::Value::Array(a) => a.clone(),
+            v => vec![v.clone()],
+        };
+        if port_values.is_empty() {
+            c.err(span(&s.ports), field("ports"), "needs at least one port");
+        }
+        for v in &port_values {
+            match parse_port_spec(v) {
+                Ok(r) => {
+                    if let Some(o) = ports.iter().find(|o| o.overlaps(&r)) {
+                        c.err(span(&s.ports), field("ports"), format!("{r} overlaps {o} in the same list"));
+                    }
+                    ports.push(r)
+                }
+                Err(m) => c.err(span(&s.ports), field("ports"), m),
+            }
+        }
+        ports.sort();
+
+        for vip in &vips {
+            for r in &ports {
+                for (ovip, or, oname, ospan) in &claims {
+                    if ovip == vip && or.overlaps(r) {
+                        let (ol, _) = c.loc.line_col(ospan.start);
+                        c.err(
+                            span(&s.ports),
+                            field("ports"),
+                            format!(
+                                "{vip} port {r} is already claimed by service `{oname}` (line {ol}: {or})"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        for vip in &vips {
+            for r in &ports {
+                claims.push((*vip, *r, sname.clone(), s.ports.span()));
+            }
+        }
+
+        let pool = match pool_index.get(s.pool.get_ref()) {
+            Some(i) => *i,
+            None => {
+                let known: Vec<&str> = pool_index.keys().map(String::as_str).collect();
+                c.err(
+                    span(&s.pool),
+                    field("pool"),
+                    format!(
+                        "no pool named `{}` (defined: {})",
+                        s.pool.get_ref(),
+                        if known.is_empty() { "none".into() } else { known.join(", ") }
+                    ),
+                );
+                usize::MAX
+            }
+        };
+
+        let source = match &s.source {
+            None => Source::Client,
+            Some(t) => match t.get_ref().as_str() {
+                "client" => Source::Client,
+                "balancer" => Source::Balancer,
+                other => match other.parse::<IpAddr>() {
+                    Ok(ip) if !ip.is_unspecified() && !ip.is_multicast() => Source::Address(ip),
+                    _ => {
+                        c.err(
+                            span(t),
+                            field("source"),
+                            format!("`{other}` is not \"client\", \"balancer\" or an IP address"),
+                        );
+                        Source::Client
+                    }
+                },
+            },
+        };
+
+        // Family coherence: a transparent connection leaves from the client's address, so the
+        // pool needs servers of each VIP's family; a fixed SNAT address fixes the family.
+        if pool != usize::MAX {
+            let p = &pools[pool];
+            match source {
+                Source::Client => {
+                    for vip in &vips {
+                        if !p.servers.iter().any(|sv| sv.address.is_ipv4() == vip.is_ipv4()) {
+                            c.err(span(&s.vip), field("vip"), format!(
+                                "transparent source: clients of {vip} can only reach {} servers, and pool `{}` has none",
+                                if vip.is_ipv4() { "IPv4" } else { "IPv6" }, p.name));
+                        }
+                    }
+                }
+                Source::Address(ip) => {
+                    if !p.servers.iter().any(|sv| sv.address.is_ipv4() == ip.is_ipv4()) {
+                        c.err(span(s.source.as_ref().expect("source is set")), field("source"),
+                            format!("SNAT address {ip} cannot reach any server of pool `{}` (other address family)", p.name));
+                    }
+                }
+                Source::Balancer => {}
+            }
+        }
+
+        let sticky = s.sticky.as_ref().map(|st| {
+            let st_ref = st.get_ref();
+            if st_ref.by.get_ref() != "client-ip" {
+                c.err(span(&st_ref.by), field("sticky.by"), format!("`{}` is not supported in tcp mode; use \"client-ip\"", st_ref.by.get_ref()));
+            }
+            let table = st_ref.table.as_ref().map(|t| t.get_ref().clone()).unwrap_or_else(|| sname.clone());
+            let expire = c.duration(&st_ref.expire, &field("sticky.expire"), DEFAULT_STICKY_EXPIRE);
+            match sticky_tables.get(&table) {
+                Some((e, other)) if *e != expire => c.err(
+                    span(st),
+                    field("sticky.expire"),
+                    format!("table `{table}` expires after {} in service `{other}`; services sharing a table must agree", format_duration(*e)),
+                ),
+                Some(_) => {}
+                None => {
+                    sticky_tables.insert(table.clone(), (expire, sname.clone()));
+                }
+            }
+            StickyConfig { table, expire }
+        });
+
+        let idle_timeout = c.duration(&s.idle_timeout, &field("idle_timeout"), DEFAULT_IDLE_TIMEOUT);
+        let connect_timeout =
+            c.duration(&s.connect_timeout, &field("connect_timeout"), DEFAULT_CONNECT_TIMEOUT);
+
+        services.push(ServiceConfig {
+            name: sname.clone(),
+            vips,
+            ports,
+            mode: match s.mode.as_ref().map(|m| *m.get_ref()) {
+                None | Some(ModeFile::Tcp) => Mode::Tcp,
+            },
+            pool,
+            source,
+            sticky,
+            idle_timeout,
+            connect_timeout,
+        });
+    }
+
+    if c.errors.is_empty() {
+        Ok(Config {
+            path: path.to_path_buf(),
+            global,
+            admin: AdminConfig { listen: admin_listen },
+            intercept,
+            pools,
+            services,
+        })
+    } else {
+        Err(ConfigErrors(c.errors))
+    }
+}
+
+fn check_config(
+    c: &mut Checker<'_>,
+    ch: &Spanned<CheckFile>,
+    pool: &str,
+    servers: &[ServerConfig],
+) -> CheckConfig {
+    let f = ch.get_ref();
+    let field = |x: &str| format!("pools.{pool}.check.{x}");
+    let interval = c.duration(&f.interval, &field("interval"), Duration::from_secs(2));
+    let timeout = c.duration(&f.timeout, &field("timeout"), Duration::from_secs(1));
+    if timeout > interval {
+        c.err(
+            f.timeout.as_ref().map(|t| t.span()).or(Some(ch.span())),
+            field("timeout"),
+            format!("{} is longer than the interval {}", format_duration(timeout), format_duration(interval)),
+        );
+    }
+    let mut count = |v: &Option<Spanned<u32>>, name: &str, default: u32| match v {
+        None => default,
+        Some(n) if (1..=100).contains(n.get_ref()) => *n.get_ref(),
+        Some(n) => {
+            c.err(span(n), field(name), format!("{} is outside 1-100", n.get_ref()));
+            default
+        }
+    };
+    let rise = count(&f.rise, "rise", 2);
+    let fall = count(&f.fall, "fall", 3);
+    let port = match &f.port {
+        Some(p) if *p.get_ref() == 0 => {
+            c.err(span(p), field("port"), "0 is not a port");
+            None
+        }
+        Some(p) => Some(*p.get_ref()),
+        None => None,
+    };
+    if port.is_none() {
+        if let Some(s) = servers.iter().find(|s| s.port.is_none()) {
+            c.err(
+                Some(ch.span()),
+                field("port"),
+                format!("server {} has no port of its own, so the check needs `port`", s.address),
+            );
+        }
+    }
+    let unused = |c: &mut Checker<'_>, v: &Option<Spanned<String>>, name: &str, kind: &str| {
+        if let Some(v) = v {
+            c.err(span(v), field(name), format!("`{name}` does not apply to {kind} checks"));
+        }
+    };
+    let kind = match f.kind {
+        CheckTypeFile::Tcp => {
+            unused(c, &f.path, "path", "tcp");
+            unused(c, &f.sni, "sni", "tcp");
+            unused(c, &f.transport, "transport", "tcp");
+            CheckKind::Tcp
+        }
+        CheckTypeFile::Http => {
+            let path = f.path.as_ref().map(|p| p.get_ref().clone()).unwrap_or_else(|| "/".into());
+            if !path.starts_with('/') || path.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+                c.err(
+                    f.path.as_ref().map(|p| p.span()),
+                    field("path"),
+                    format!("`{path}` must start with '/' and hold no spaces"),
+                );
+            }
+            let expect = f.expect.as_ref().map(|e| *e.get_ref()).unwrap_or(200);
+            if !(100..=599).contains(&expect) {
+                c.err(
+                    f.expect.as_ref().map(|e| e.span()),
+                    field("expect"),
+                    format!("{expect} is not an HTTP status"),
+                );
+            }
+            unused(c, &f.sni, "sni", "http");
+            unused(c, &f.transport, "transport", "http");
+            CheckKind::Http { path, expect, host: f.host.as_ref().map(|h| h.get_ref().clone()) }
+        }
+        CheckTypeFile::Tls => {
+            unused(c, &f.path, "path", "tls");
+            unused(c, &f.transport, "transport", "tls");
+            CheckKind::Tls { sni: f.sni.as_ref().or(f.host.as_ref()).map(|h| h.get_ref().clone()) }
+        }
+        CheckTypeFile::SipOptions => {
+            unused(c, &f.path, "path", "sip-options");
+            let transport = match f.transport.as_ref().map(|t| t.get_ref().as_str()) {
+                None | Some("udp") => SipTransport::Udp,
+                Some("tcp") => SipTransport::Tcp,
+                Some("tls") => SipTransport::Tls,
+                Some(other) => {
+                    c.err(
+                        f.transport.as_ref().map(|t| t.span()),
+                        field("transport"),
+                        format!("`{other}` is not udp, tcp or tls"),
+                    );
+                    SipTransport::Udp
+                }
+            };
+            CheckKind::SipOptions { transport }
+        }
+    };
+    CheckConfig { kind, port, interval, timeout, rise, fall }
+}

@@ -1,0 +1,195 @@
+//! The Prometheus registry and metric families. Per-backend handles are created once when the
+//! running state is built and cached in each server, so the hot path only bumps atomics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub pool: String,
+    pub server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabels {
+    pub pool: String,
+    pub server: String,
+    /// `to_server` (client -> server) or `to_client` (server -> client).
+    pub direction: &'static str,
+}
+
+type HistogramFamily = Family<BackendLabels, Histogram, fn() -> Histogram>;
+
+fn check_histogram() -> Histogram {
+    // 0.5 ms .. ~4 s: a local check answers in under a millisecond, a sick one near its timeout.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    service_connections: Family<ServiceLabels, Counter>,
+    service_no_server: Family<ServiceLabels, Counter>,
+    backend_connections: Family<BackendLabels, Counter>,
+    backend_active: Family<BackendLabels, Gauge>,
+    backend_bytes: Family<BytesLabels, Counter>,
+    backend_up: Family<BackendLabels, Gauge>,
+    backend_connect_errors: Family<BackendLabels, Counter>,
+    backend_check_duration: HistogramFamily,
+    backend_check_failures: Family<BackendLabels, Counter>,
+}
+
+/// Handles for one service, cached in the running state.
+#[derive(Clone)]
+pub struct ServiceMetrics {
+    pub connections: Counter,
+    pub no_server: Counter,
+}
+
+/// Handles for one server of one pool, cached in the running state.
+#[derive(Clone)]
+pub struct BackendMetrics {
+    pub connections: Counter,
+    pub active: Gauge,
+    pub bytes_to_server: Counter,
+    pub bytes_to_client: Counter,
+    pub up: Gauge,
+    pub connect_errors: Counter,
+    pub check_duration: Histogram,
+    pub check_failures: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("portier");
+        let m = Metrics {
+            service_connections: Family::default(),
+            service_no_server: Family::default(),
+            backend_connections: Family::default(),
+            backend_active: Family::default(),
+            backend_bytes: Family::default(),
+            backend_up: Family::default(),
+            backend_connect_errors: Family::default(),
+            backend_check_duration: Family::new_with_constructor(check_histogram),
+            backend_check_failures: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "service_connections",
+            "Connections accepted by a service",
+            m.service_connections.clone(),
+        );
+        registry.register(
+            "service_no_server",
+            "Connections refused because no server was available",
+            m.service_no_server.clone(),
+        );
+        registry.register(
+            "backend_connections",
+            "Connections established to a server",
+            m.backend_connections.clone(),
+        );
+        registry.register(
+            "backend_active_connections",
+            "Connections currently open to a server",
+            m.backend_active.clone(),
+        );
+        registry.register("backend_bytes", "Bytes relayed per server and direction", m.backend_bytes.clone());
+        registry.register("backend_up", "1 when health checks consider the server up", m.backend_up.clone());
+        registry.register(
+            "backend_connect_errors",
+            "Failed connection attempts to a server",
+            m.backend_connect_errors.clone(),
+        );
+        registry.register(
+            "backend_check_duration_seconds",
+            "Duration of health checks",
+            m.backend_check_duration.clone(),
+        );
+        registry.register("backend_check_failures", "Failed health checks", m.backend_check_failures.clone());
+        Metrics { registry, ..m }
+    }
+
+    pub fn service(&self, service: &str) -> ServiceMetrics {
+        let l = ServiceLabels { service: service.to_string() };
+        let connections = self.service_connections.get_or_create(&l).clone();
+        let no_server = self.service_no_server.get_or_create(&l).clone();
+        ServiceMetrics { connections, no_server }
+    }
+
+    pub fn backend(&self, pool: &str, server: &str) -> BackendMetrics {
+        let l = BackendLabels { pool: pool.to_string(), server: server.to_string() };
+        let bytes = |direction| BytesLabels { pool: pool.to_string(), server: server.to_string(), direction };
+        // One statement per handle: `get_or_create` returns a read guard, and a second insert
+        // into the same family while it is alive would deadlock.
+        let connections = self.backend_connections.get_or_create(&l).clone();
+        let active = self.backend_active.get_or_create(&l).clone();
+        let bytes_to_server = self.backend_bytes.get_or_create(&bytes("to_server")).clone();
+        let bytes_to_client = self.backend_bytes.get_or_create(&bytes("to_client")).clone();
+        let up = self.backend_up.get_or_create(&l).clone();
+        let connect_errors = self.backend_connect_errors.get_or_create(&l).clone();
+        let check_duration = self.backend_check_duration.get_or_create(&l).clone();
+        let check_failures = self.backend_check_failures.get_or_create(&l).clone();
+        BackendMetrics {
+            connections,
+            active,
+            bytes_to_server,
+            bytes_to_client,
+            up,
+            connect_errors,
+            check_duration,
+            check_failures,
+        }
+    }
+
+    /// The text exposition served on /metrics.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_share_the_registered_series() {
+        let m = Metrics::new();
+        let b = m.backend("cas", "198.18.2.11");
+        b.connections.inc();
+        b.bytes_to_server.inc_by(10);
+        b.up.set(1);
+        m.service("rpc").connections.inc();
+        let t = m.encode();
+        assert!(
+            t.contains("portier_backend_connections_total{pool=\"cas\",server=\"198.18.2.11\"} 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "portier_backend_bytes_total{pool=\"cas\",server=\"198.18.2.11\",direction=\"to_server\"} 10"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("portier_backend_up{pool=\"cas\",server=\"198.18.2.11\"} 1"), "{t}");
+        assert!(t.contains("portier_service_connections_total{service=\"rpc\"} 1"), "{t}");
+        assert!(t.contains("portier_backend_check_duration_seconds_bucket"), "{t}");
+    }
+}

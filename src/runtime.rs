@@ -1,0 +1,119 @@
+//! The supervisor: binds listeners, installs interception, starts checkers and admin, waits
+//! for a stop signal, drains connections and removes what it installed. Nothing imports it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::admin::{self, Admin};
+use crate::config::Config;
+use crate::intercept;
+use crate::metrics::Metrics;
+use crate::net::transparent_listener;
+use crate::proxy::{tcp, Drain};
+use crate::state::State;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("service {service}: cannot open transparent listener {addr}: {source}")]
+    Listener { service: String, addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("admin listener {addr}: {source}")]
+    Admin { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("installing interception rules: {0}")]
+    Intercept(#[from] intercept::InterceptError),
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Runs portier until SIGTERM or SIGINT, then stops gracefully.
+pub async fn run(config: Config) -> Result<(), RuntimeError> {
+    let metrics = Arc::new(Metrics::new());
+    let state = Arc::new(State::build(config, &metrics));
+    let config = state.config.clone();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let drain = Arc::new(Drain::default());
+
+    // Listeners first, rules second: a rule with no listener behind it drops SYNs.
+    let mut listeners = Vec::new();
+    for svc in &state.services {
+        for addr in intercept::listener_addrs(svc.listener_port) {
+            if !svc.config.vips.iter().any(|v| v.is_ipv6() == addr.is_ipv6()) {
+                continue;
+            }
+            let l = transparent_listener(addr).map_err(|source| RuntimeError::Listener {
+                service: svc.config.name.clone(),
+                addr,
+                source,
+            })?;
+            listeners.push((l, svc.clone()));
+        }
+    }
+    let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
+        .await
+        .map_err(|source| RuntimeError::Admin { addr: config.admin.listen, source })?;
+    if !config.admin.listen.ip().is_loopback() {
+        tracing::warn!(addr = %config.admin.listen, "admin API listens beyond loopback: /metrics and /status are reachable from the network");
+    }
+    let mut sigterm = signal(SignalKind::terminate()).map_err(RuntimeError::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(RuntimeError::Signal)?;
+
+    let ports: Vec<u16> = state.services.iter().map(|s| s.listener_port).collect();
+    intercept::install(&config, &ports)?;
+    tracing::info!(
+        services = state.services.len(),
+        pools = state.pools.len(),
+        admin = %config.admin.listen,
+        "portier running: nftables table inet portier and fwmark {:#x} -> table {} installed",
+        config.intercept.fwmark,
+        config.intercept.route_table
+    );
+
+    let mut tasks = Vec::new();
+    for (l, svc) in listeners {
+        tasks.push(tokio::spawn(tcp::accept_loop(l, svc, drain.clone(), stop_rx.clone())));
+    }
+    tasks.extend(crate::health::driver::spawn_all(&state, stop_rx.clone()));
+    let admin = Arc::new(Admin { metrics: metrics.clone(), state: state.clone() });
+    tasks.push(tokio::spawn(admin::serve(admin_listener, admin, stop_rx.clone())));
+    tasks.push(tokio::spawn(purge_sticky(state.clone(), stop_rx.clone())));
+
+    let why = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+    };
+    let limit = config.global.drain_timeout;
+    tracing::info!(active = drain.active(), "{why}: no longer accepting; draining for up to {limit:?}");
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    // The rules stay during the drain: established transparent flows need the socket rule
+    // and the local route until they end.
+    let drained = tokio::select! {
+        _ = drain.wait_idle() => true,
+        _ = tokio::time::sleep(limit) => false,
+        _ = sigterm.recv() => false,
+        _ = sigint.recv() => false,
+    };
+    if !drained {
+        tracing::warn!(active = drain.active(), "drain limit reached: closing remaining connections");
+    }
+    intercept::remove(&config.intercept);
+    tracing::info!("stopped: interception rules and routes removed");
+    Ok(())
+}
+
+async fn purge_sticky(state: Arc<State>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = stop.changed() => return,
+        }
+        let now = std::time::Instant::now();
+        for t in &state.sticky_tables {
+            t.purge(now);
+        }
+    }
+}
