@@ -156,13 +156,57 @@ impl Metrics {
         }
     }
 
-    /// The text exposition served on /metrics.
-    pub fn encode(&self) -> String {
+    /// OpenMetrics 1.0 text, as prometheus-client writes it (served when the scraper asks).
+    pub fn encode_openmetrics(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
     }
+
+    /// The classic Prometheus text format 0.0.4, which `promtool check metrics` and older
+    /// scrapers read. OpenMetrics names a counter family `x` and its sample `x_total`; the
+    /// classic format wants the family named `x_total` too, and has no `# EOF`.
+    pub fn encode(&self) -> String {
+        openmetrics_to_prometheus(&self.encode_openmetrics())
+    }
+}
+
+pub fn openmetrics_to_prometheus(om: &str) -> String {
+    let mut counters: Vec<&str> = Vec::new();
+    for l in om.lines() {
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            if let Some(name) = rest.strip_suffix(" counter") {
+                counters.push(name);
+            }
+        }
+    }
+    let mut out = String::with_capacity(om.len() + counters.len() * 16);
+    for l in om.lines() {
+        if l == "# EOF" || l.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = l
+            .strip_prefix("# HELP ")
+            .map(|r| ("# HELP ", r))
+            .or_else(|| l.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
+        match meta {
+            Some((tag, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(&name) {
+                    out.push_str(&format!("{tag}{name}_total {tail}\n"));
+                } else {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+            None => {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -191,5 +235,9 @@ mod tests {
         assert!(t.contains("portier_backend_up{pool=\"cas\",server=\"198.18.2.11\"} 1"), "{t}");
         assert!(t.contains("portier_service_connections_total{service=\"rpc\"} 1"), "{t}");
         assert!(t.contains("portier_backend_check_duration_seconds_bucket"), "{t}");
+        assert!(t.contains("# TYPE portier_backend_connections_total counter\n"), "{t}");
+        assert!(t.contains("# HELP portier_backend_connections_total Connections established"), "{t}");
+        assert!(!t.contains("# EOF"));
+        assert!(m.encode_openmetrics().ends_with("# EOF\n"));
     }
 }

@@ -29,6 +29,13 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
         .expect("static response parts are valid")
 }
 
+fn wants_openmetrics(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all(hyper::header::ACCEPT)
+        .iter()
+        .any(|v| v.to_str().map(|s| s.contains("application/openmetrics-text")).unwrap_or(false))
+}
+
 impl Admin {
     fn status(&self) -> String {
         let mut s = String::new();

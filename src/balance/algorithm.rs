@@ -5,15 +5,18 @@
 use std::net::IpAddr;
 
 /// The smooth weighted round-robin order (nginx's algorithm) for these weights, computed once
-/// per pool. Walking it with one atomic counter spreads each server's turns evenly.
+/// per pool. Walking it with one atomic counter spreads each server's turns evenly. Weights
+/// are divided by their gcd first, which keeps the usual schedules (all weights equal) short.
 pub fn smooth_schedule(weights: &[u32]) -> Vec<usize> {
-    let total: i64 = weights.iter().map(|w| i64::from(*w)).sum();
+    let g = weights.iter().copied().fold(0, gcd).max(1);
+    let weights: Vec<i64> = weights.iter().map(|w| i64::from(*w / g)).collect();
+    let total: i64 = weights.iter().sum();
     let mut current = vec![0i64; weights.len()];
     let mut out = Vec::with_capacity(total as usize);
     for _ in 0..total {
         let mut best = 0;
         for (i, w) in weights.iter().enumerate() {
-            current[i] += i64::from(*w);
+            current[i] += w;
             if current[i] > current[best] {
                 best = i;
             }
@@ -24,10 +27,23 @@ pub fn smooth_schedule(weights: &[u32]) -> Vec<usize> {
     out
 }
 
-/// Round robin: the next usable server in the schedule from position `tick`.
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Round robin: the `tick`-th usable entry of the schedule, counting usable entries only.
+/// Falling through to "the next usable one" instead would hand a down server's turns to its
+/// successor and skew the load (and a pool mixing IPv4 and IPv6 servers always has some).
 pub fn round_robin(schedule: &[usize], tick: usize, usable: impl Fn(usize) -> bool) -> Option<usize> {
-    let len = schedule.len();
-    (0..len).map(|k| schedule[(tick + k) % len]).find(|&i| usable(i))
+    let count = schedule.iter().filter(|&&i| usable(i)).count();
+    if count == 0 {
+        return None;
+    }
+    schedule.iter().copied().filter(|&i| usable(i)).nth(tick % count)
 }
 
 /// Least connections relative to weight; ties broken by rotating from `tick`.
@@ -106,13 +122,14 @@ mod tests {
     fn smooth_schedule_interleaves() {
         assert_eq!(smooth_schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
         assert_eq!(smooth_schedule(&[1, 1]), vec![0, 1]);
+        assert_eq!(smooth_schedule(&[300, 300]), vec![0, 1]);
     }
 
     #[test]
     fn round_robin_skips_unusable() {
         let s = smooth_schedule(&[1, 1, 1]);
         let picks: Vec<_> = (0..6).map(|t| round_robin(&s, t, |i| i != 1).unwrap()).collect();
-        assert_eq!(picks, vec![0, 2, 2, 0, 2, 2]);
+        assert_eq!(picks, vec![0, 2, 0, 2, 0, 2]);
         assert_eq!(round_robin(&s, 0, |_| false), None);
     }
 
@@ -163,8 +180,9 @@ mod tests {
         #[test]
         fn schedule_gives_each_server_its_weight(ws in proptest::collection::vec(1u32..20, 1..8)) {
             let s = smooth_schedule(&ws);
+            let g = ws.iter().copied().fold(0, gcd);
             for (i, w) in ws.iter().enumerate() {
-                prop_assert_eq!(s.iter().filter(|&&x| x == i).count() as u32, *w);
+                prop_assert_eq!(s.iter().filter(|&&x| x == i).count() as u32, *w / g);
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Proxies: the transparent L4 TCP relay (HTTP comes with the L7 work).
 
 pub mod relay;
+pub mod splice;
 pub mod tcp;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,0 +1,494 @@
+//! Relay benchmark: our copy loop vs tokio::io::copy_bidirectional vs splice(2).
+//!
+//! `cargo bench --bench relay`
+//!
+//! Throughput: source -> proxy -> sink on 127.0.0.1, all in this process on one tokio
+//! multi-thread runtime (same worker count for every variant). The source writes a
+//! preallocated buffer as fast as it can, the sink reads into a large buffer and discards;
+//! bytes are counted at the sink after a warm-up. Variants alternate (A B C D A B C D ...)
+//! and the median over rounds is reported.
+//!
+//! Idle cost: for each variant a fresh child process (this binary, `--idle-child`) opens
+//! N proxied connections and reports the VmRSS and open-fd delta per connection, first with
+//! no traffic at all, then right after a 64 KiB exchange each way, then after a quiet spell.
+//!
+//! Knobs (environment): BENCH_SECS (3), BENCH_WARMUP_MS (500), BENCH_ROUNDS (3),
+//! BENCH_WORKERS (2), BENCH_IDLE_CONNS (1000).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portier::proxy::relay::relay;
+use portier::proxy::splice::{relay_splice, relay_splice_with, SpliceConfig};
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+const SRC_BUF: usize = 256 * 1024;
+const SINK_BUF: usize = 256 * 1024;
+const IDLE: Duration = Duration::from_secs(600);
+const EXCHANGE: usize = 64 * 1024;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Variant {
+    /// portier::proxy::relay::relay (userspace copy loop, 16 KiB lazy buffers).
+    Relay,
+    /// tokio::io::copy_bidirectional (8 KiB buffers allocated up front).
+    CopyBidi,
+    /// relay_splice with the default 64 KiB pipe.
+    Splice,
+    /// relay_splice with F_SETPIPE_SZ = 1 MiB.
+    Splice1M,
+    /// No relay: the proxy only holds both sockets (idle-cost baseline).
+    Hold,
+}
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Relay => "relay (ours)",
+            Variant::CopyBidi => "copy_bidirectional",
+            Variant::Splice => "splice 64K pipe",
+            Variant::Splice1M => "splice 1M pipe",
+            Variant::Hold => "hold only (no relay)",
+        }
+    }
+
+    fn arg(self) -> &'static str {
+        match self {
+            Variant::Relay => "relay",
+            Variant::CopyBidi => "copy",
+            Variant::Splice => "splice",
+            Variant::Splice1M => "splice1m",
+            Variant::Hold => "hold",
+        }
+    }
+
+    fn from_arg(s: &str) -> Option<Variant> {
+        [Variant::Relay, Variant::CopyBidi, Variant::Splice, Variant::Splice1M, Variant::Hold]
+            .into_iter()
+            .find(|v| v.arg() == s)
+    }
+}
+
+const MEASURED: [Variant; 4] = [Variant::Relay, Variant::CopyBidi, Variant::Splice, Variant::Splice1M];
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().unwrap()
+}
+
+/// Relays one proxied connection with the chosen variant. Counters are shared across
+/// connections, as they are per server in portier.
+async fn proxy_one(v: Variant, mut c: TcpStream, mut s: TcpStream, up: Counter, down: Counter) {
+    match v {
+        Variant::Relay => {
+            relay(c, s, IDLE, &up, &down).await;
+        }
+        Variant::CopyBidi => {
+            let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
+        }
+        Variant::Splice => {
+            relay_splice(c, s, IDLE, &up, &down).await;
+        }
+        Variant::Splice1M => {
+            let cfg = SpliceConfig { pipe_size: Some(1 << 20), ..SpliceConfig::default() };
+            relay_splice_with(c, s, IDLE, &up, &down, cfg).await;
+        }
+        Variant::Hold => {
+            // Hold both sockets until the client goes away, touching no data.
+            let _ = c.readable().await;
+            drop(s);
+        }
+    }
+}
+
+/// Accepts `n` connections and relays each to `upstream`; returns the relay tasks.
+fn spawn_proxy(
+    v: Variant,
+    listener: TcpListener,
+    upstream: SocketAddr,
+    n: usize,
+) -> JoinHandle<Vec<JoinHandle<()>>> {
+    tokio::spawn(async move {
+        let (up, down) = (Counter::default(), Counter::default());
+        let mut relays = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (c, _) = listener.accept().await.unwrap();
+            let (up, down) = (up.clone(), down.clone());
+            relays.push(tokio::spawn(async move {
+                let s = TcpStream::connect(upstream).await.unwrap();
+                let _ = c.set_nodelay(true);
+                let _ = s.set_nodelay(true);
+                proxy_one(v, c, s, up, down).await;
+            }));
+        }
+        relays
+    })
+}
+
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes into the zeroed rusage struct we pass.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+struct Sample {
+    gbps: f64,
+    /// Process CPU seconds (source + proxy + sink) per GB delivered.
+    cpu_per_gb: f64,
+}
+
+async fn throughput(v: Variant, streams: usize, warmup: Duration, window: Duration) -> Sample {
+    let sink = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_addr = front.local_addr().unwrap();
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let sinks = {
+        let received = received.clone();
+        tokio::spawn(async move {
+            let mut readers = Vec::with_capacity(streams);
+            for _ in 0..streams {
+                let (mut s, _) = sink.accept().await.unwrap();
+                let received = received.clone();
+                readers.push(tokio::spawn(async move {
+                    let mut buf = vec![0u8; SINK_BUF];
+                    loop {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                received.fetch_add(n as u64, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }));
+            }
+            readers
+        })
+    };
+    let proxy = spawn_proxy(v, front, sink_addr, streams);
+    let mut sources = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        let stop = stop.clone();
+        sources.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(front_addr).await.unwrap();
+            let _ = s.set_nodelay(true);
+            let buf = vec![0xa5u8; SRC_BUF];
+            while !stop.load(Ordering::Relaxed) {
+                if s.write_all(&buf).await.is_err() {
+                    break;
+                }
+            }
+            let _ = s.shutdown().await;
+        }));
+    }
+
+    tokio::time::sleep(warmup).await;
+    let (b0, c0, t0) = (received.load(Ordering::Relaxed), cpu_seconds(), Instant::now());
+    tokio::time::sleep(window).await;
+    let (b1, c1, el) = (received.load(Ordering::Relaxed), cpu_seconds(), t0.elapsed());
+    stop.store(true, Ordering::Relaxed);
+
+    for s in sources {
+        s.await.unwrap();
+    }
+    for r in proxy.await.unwrap() {
+        r.await.unwrap();
+    }
+    for r in sinks.await.unwrap() {
+        r.await.unwrap();
+    }
+    let bytes = (b1 - b0) as f64;
+    Sample { gbps: bytes * 8.0 / el.as_secs_f64() / 1e9, cpu_per_gb: (c1 - c0) / (bytes / 1e9) }
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn status_kib(key: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
+
+fn pipe_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| {
+                    std::fs::read_link(e.path()).is_ok_and(|p| p.to_string_lossy().starts_with("pipe:"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Child process: N idle proxied connections with one variant; prints one line of numbers.
+fn idle_child(v: Variant, n: usize, workers: usize) {
+    let rt = runtime(workers);
+    rt.block_on(async move {
+        let sink = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sink_addr = sink.local_addr().unwrap();
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let front_addr = front.local_addr().unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let sinks = {
+            let accepted = accepted.clone();
+            tokio::spawn(async move {
+                let mut echoes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let (mut s, _) = sink.accept().await.unwrap();
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                    echoes.push(tokio::spawn(async move {
+                        // Echo one EXCHANGE-sized message, then wait for EOF.
+                        let mut buf = vec![0u8; EXCHANGE];
+                        if s.read_exact(&mut buf).await.is_ok() {
+                            let _ = s.write_all(&buf).await;
+                        }
+                        drop(buf);
+                        let _ = s.read(&mut [0u8; 1]).await;
+                    }));
+                }
+                echoes
+            })
+        };
+        let pipes0 = pipe_fds();
+        let (rss0, fds0) = (status_kib("VmRSS:"), open_fds());
+
+        let proxy = spawn_proxy(v, front, sink_addr, n);
+        let mut clients = Vec::with_capacity(n);
+        for _ in 0..n {
+            clients.push(TcpStream::connect(front_addr).await.unwrap());
+        }
+        while accepted.load(Ordering::Relaxed) < n as u64 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (rss1, fds1, pipes1) = (status_kib("VmRSS:"), open_fds(), pipe_fds());
+
+        // Every connection moves EXCHANGE bytes each way, then goes quiet.
+        let msg = vec![0x5au8; EXCHANGE];
+        let mut back = vec![0u8; EXCHANGE];
+        let t = Instant::now();
+        // The hold-only baseline cannot move data; its "after traffic" columns repeat idle.
+        for c in clients.iter_mut().filter(|_| v != Variant::Hold) {
+            c.write_all(&msg).await.unwrap();
+            c.read_exact(&mut back).await.unwrap();
+        }
+        let exchange_ms = t.elapsed().as_millis();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (rss2, fds2, pipes2) = (status_kib("VmRSS:"), open_fds(), pipe_fds());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (rss3, fds3, pipes3) = (status_kib("VmRSS:"), open_fds(), pipe_fds());
+
+        let per = |a: u64, b: u64| (b as f64 - a as f64) * 1024.0 / n as f64;
+        let perf = |a: usize, b: usize| (b as f64 - a as f64) / n as f64;
+        println!(
+            "IDLE {} {:.0} {:.0} {:.0} {:.2} {:.2} {:.2} {:.2} {:.2} {:.2} {}",
+            v.arg(),
+            per(rss0, rss1),
+            per(rss0, rss2),
+            per(rss0, rss3),
+            perf(fds0, fds1),
+            perf(fds0, fds2),
+            perf(fds0, fds3),
+            perf(pipes0, pipes1),
+            perf(pipes0, pipes2),
+            perf(pipes0, pipes3),
+            exchange_ms
+        );
+        drop(clients);
+        for r in proxy.await.unwrap() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
+        }
+        drop(sinks);
+    });
+}
+
+struct IdleRow {
+    v: Variant,
+    bytes: [f64; 3],
+    fds: [f64; 3],
+    pipes: [f64; 3],
+    exchange_ms: String,
+}
+
+fn idle_run(v: Variant, n: usize) -> IdleRow {
+    let exe = std::env::current_exe().unwrap();
+    let out =
+        std::process::Command::new(exe).args(["--idle-child", v.arg(), &n.to_string()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("IDLE "))
+        .unwrap_or_else(|| panic!("idle child failed: {}", String::from_utf8_lossy(&out.stderr)));
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let num = |i: usize| f[i].parse::<f64>().unwrap();
+    IdleRow {
+        v,
+        bytes: [num(2), num(3), num(4)],
+        fds: [num(5), num(6), num(7)],
+        pipes: [num(8), num(9), num(10)],
+        exchange_ms: f[11].to_string(),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let workers: usize = env_or("BENCH_WORKERS", 2);
+    if let Some(i) = args.iter().position(|a| a == "--idle-child") {
+        let v = Variant::from_arg(&args[i + 1]).expect("variant");
+        idle_child(v, args[i + 2].parse().expect("count"), workers);
+        return;
+    }
+    let secs: f64 = env_or("BENCH_SECS", 3.0);
+    let warmup = Duration::from_millis(env_or("BENCH_WARMUP_MS", 500));
+    let rounds: usize = env_or("BENCH_ROUNDS", 3);
+    let idle_n: usize = env_or("BENCH_IDLE_CONNS", 1000);
+    let window = Duration::from_secs_f64(secs);
+    let started = Instant::now();
+
+    println!("relay bench: tokio multi-thread runtime, {workers} workers, loopback 127.0.0.1");
+    println!(
+        "  source writes {} KiB buffers, sink reads into {} KiB; warm-up {} ms excluded, window {secs} s, {rounds} rounds",
+        SRC_BUF / 1024,
+        SINK_BUF / 1024,
+        warmup.as_millis()
+    );
+    println!("  host: {} cpus, load average {}", num_cpus(), loadavg());
+
+    // Idle cost first, each variant in a fresh child process so allocator state is clean.
+    println!("\n== idle cost: {idle_n} proxied connections, delta per connection vs before connecting ==");
+    println!(
+        "{:<22} {:>10} {:>10} {:>10} | {:>6} {:>6} {:>6} | {:>6} {:>6} {:>6}",
+        "variant", "RSS idle", "RSS +64K", "RSS quiet", "fd", "fd+64K", "fd qt", "pipe", "p+64K", "p qt"
+    );
+    let mut idle_rows = Vec::new();
+    for v in [Variant::Hold, Variant::Relay, Variant::CopyBidi, Variant::Splice, Variant::Splice1M] {
+        let r = idle_run(v, idle_n);
+        println!(
+            "{:<22} {:>8.0} B {:>8.0} B {:>8.0} B | {:>6.2} {:>6.2} {:>6.2} | {:>6.2} {:>6.2} {:>6.2}   (exchange {} ms)",
+            r.v.name(),
+            r.bytes[0],
+            r.bytes[1],
+            r.bytes[2],
+            r.fds[0],
+            r.fds[1],
+            r.fds[2],
+            r.pipes[0],
+            r.pipes[1],
+            r.pipes[2],
+            r.exchange_ms
+        );
+        idle_rows.push(r);
+    }
+    println!("  RSS idle  = connected, no byte moved yet");
+    println!("  RSS +64K  = 100 ms after every connection moved 64 KiB each way");
+    println!("  RSS quiet = 1.6 s after the exchange (splice pipes linger 1 s)");
+    println!("  fd/pipe columns count the whole process: source + proxy + sink sockets (hold = 4/conn)");
+    println!("  kernel memory (socket and pipe buffers) is not in VmRSS");
+
+    let rt = runtime(workers);
+    let mut results: Vec<(usize, Variant, Vec<Sample>)> = Vec::new();
+    for streams in [1usize, 8] {
+        for v in MEASURED {
+            results.push((streams, v, Vec::new()));
+        }
+    }
+    println!("\n== throughput ==");
+    for round in 1..=rounds {
+        for streams in [1usize, 8] {
+            for v in MEASURED {
+                let s = rt.block_on(throughput(v, streams, warmup, window));
+                println!(
+                    "  round {round} streams {streams} {:<20} {:>6.2} Gbit/s  {:>5.3} CPU-s/GB",
+                    v.name(),
+                    s.gbps,
+                    s.cpu_per_gb
+                );
+                results.iter_mut().find(|r| r.0 == streams && r.1 == v).unwrap().2.push(s);
+            }
+        }
+    }
+
+    println!("\n== summary: median of {rounds} rounds ({secs} s each), ratio to copy_bidirectional ==");
+    println!(
+        "{:<8} {:<22} {:>10} {:>8} {:>12} {:>8}   {}",
+        "streams", "variant", "Gbit/s", "ratio", "CPU-s/GB", "ratio", "all rounds (Gbit/s)"
+    );
+    for streams in [1usize, 8] {
+        let med = |v: Variant| {
+            let r = results.iter().find(|r| r.0 == streams && r.1 == v).unwrap();
+            let g: Vec<f64> = r.2.iter().map(|s| s.gbps).collect();
+            let c: Vec<f64> = r.2.iter().map(|s| s.cpu_per_gb).collect();
+            (median(&g), median(&c), g)
+        };
+        let (base_g, base_c, _) = med(Variant::CopyBidi);
+        for v in MEASURED {
+            let (g, c, all) = med(v);
+            let all: Vec<String> = all.iter().map(|x| format!("{x:.2}")).collect();
+            println!(
+                "{:<8} {:<22} {:>10.2} {:>8.2} {:>12.3} {:>8.2}   [{}]",
+                streams,
+                v.name(),
+                g,
+                g / base_g,
+                c,
+                c / base_c,
+                all.join(", ")
+            );
+        }
+    }
+    println!("\nidle cost summary (bytes of RSS per proxied connection, above the hold-only baseline):");
+    let base = &idle_rows[0];
+    for r in &idle_rows[1..] {
+        println!(
+            "  {:<22} idle {:>7.0} B   after 64 KiB {:>7.0} B   quiet {:>7.0} B   extra fds after traffic {:.2} (quiet {:.2})",
+            r.v.name(),
+            r.bytes[0] - base.bytes[0],
+            r.bytes[1] - base.bytes[1],
+            r.bytes[2] - base.bytes[2],
+            r.fds[1] - base.fds[1],
+            r.fds[2] - base.fds[2]
+        );
+    }
+    println!("\ntotal bench time {:.1} s", started.elapsed().as_secs_f64());
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}

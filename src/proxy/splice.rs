@@ -1,0 +1,427 @@
+//! Zero-copy TCP relay over splice(2): socket -> pipe -> socket, driven by tokio readiness.
+//!
+//! Same contract as [`super::relay::relay`]: half-close (the side that reaches EOF has the
+//! other side's write half shut, the opposite direction keeps going), an idle timeout that
+//! counts bytes moved in either direction, and byte counters bumped as bytes are delivered.
+//!
+//! Each direction owns at most one pipe. It is created when the first byte is readable (an
+//! idle connection holds no pipe fds) and closed again once the direction has been quiet for
+//! [`SpliceConfig::pipe_linger`], so parked connections cost two socket fds, not six.
+
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::relay::{RelayEnd, RelayStats};
+
+/// Tuning for [`relay_splice_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpliceConfig {
+    /// Requested pipe capacity in bytes (F_SETPIPE_SZ); `None` keeps the kernel default
+    /// (64 KiB). Best effort: an unprivileged process over `fs.pipe-user-pages-soft` gets less.
+    pub pipe_size: Option<usize>,
+    /// How long a drained pipe is kept while its source is quiet before its fds are closed.
+    pub pipe_linger: Duration,
+}
+
+impl Default for SpliceConfig {
+    fn default() -> Self {
+        SpliceConfig { pipe_size: None, pipe_linger: Duration::from_secs(1) }
+    }
+}
+
+/// Relays until both directions are closed, an error occurs, or nothing moved for `idle`.
+/// Drop-in for [`super::relay::relay`] on plain TCP streams, with the default [`SpliceConfig`].
+pub async fn relay_splice(
+    client: TcpStream,
+    server: TcpStream,
+    idle: Duration,
+    to_server: &Counter,
+    to_client: &Counter,
+) -> (RelayEnd, RelayStats) {
+    relay_splice_with(client, server, idle, to_server, to_client, SpliceConfig::default()).await
+}
+
+/// [`relay_splice`] with explicit tuning.
+pub async fn relay_splice_with(
+    client: TcpStream,
+    server: TcpStream,
+    idle: Duration,
+    to_server: &Counter,
+    to_client: &Counter,
+    cfg: SpliceConfig,
+) -> (RelayEnd, RelayStats) {
+    let epoch = Instant::now();
+    let last = AtomicU64::new(0);
+    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+
+    let both = async {
+        let (a, b) = tokio::join!(
+            pump(&client, &server, cfg, Activity { last: &last, epoch, bytes: to_server, total: &up }),
+            pump(&server, &client, cfg, Activity { last: &last, epoch, bytes: to_client, total: &down })
+        );
+        if a.is_ok() && b.is_ok() {
+            RelayEnd::Closed
+        } else {
+            RelayEnd::Error
+        }
+    };
+    let watchdog = async {
+        loop {
+            let deadline = epoch + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+            tokio::time::sleep_until(deadline).await;
+            let quiet = epoch.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+            if quiet >= idle {
+                return RelayEnd::IdleTimeout;
+            }
+        }
+    };
+    let end = tokio::select! {
+        e = both => e,
+        e = watchdog => e,
+    };
+    (end, RelayStats { to_server: up.load(Ordering::Relaxed), to_client: down.load(Ordering::Relaxed) })
+}
+
+/// Where one direction records the bytes it delivered.
+struct Activity<'a> {
+    last: &'a AtomicU64,
+    epoch: Instant,
+    bytes: &'a Counter,
+    total: &'a AtomicU64,
+}
+
+impl Activity<'_> {
+    fn note(&self, n: usize) {
+        self.last.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.bytes.inc_by(n as u64);
+        self.total.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// A non-blocking, close-on-exec pipe; both ends close on drop.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    /// Bytes one splice into the (empty) pipe may ask for.
+    cap: usize,
+}
+
+/// The kernel's default pipe capacity, used when F_GETPIPE_SZ cannot say.
+const DEFAULT_PIPE: usize = 64 * 1024;
+
+impl Pipe {
+    fn new(size: Option<usize>) -> io::Result<Pipe> {
+        let mut fds: [libc::c_int; 2] = [-1, -1];
+        // SAFETY: `fds` is a writable array of two c_ints, exactly what pipe2 fills in.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both descriptors are open and nothing else owns them.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        if let Some(size) = size {
+            let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+            // SAFETY: plain fcntl on a pipe fd we own; failure (EPERM/EBUSY over the per-user
+            // pipe quota) only leaves the current size, which F_GETPIPE_SZ reports below.
+            unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
+        }
+        // SAFETY: plain fcntl query on a pipe fd we own.
+        let cap = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        let cap = usize::try_from(cap).ok().filter(|&c| c > 0).unwrap_or(DEFAULT_PIPE);
+        Ok(Pipe { read, write, cap })
+    }
+}
+
+/// One non-blocking splice(2) of up to `len` bytes; retries EINTR, reports EAGAIN as WouldBlock.
+fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    loop {
+        // SAFETY: both descriptors are borrowed from live owners for the duration of the call;
+        // null offsets are required for pipes and sockets (no file position is involved).
+        let n = unsafe {
+            libc::splice(
+                from.as_raw_fd(),
+                std::ptr::null_mut(),
+                to.as_raw_fd(),
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Moves `from` to `to` until EOF, then shuts `to`'s write side (half-close).
+///
+/// The pipe is only filled when it is empty, so EAGAIN from the socket-to-pipe splice always
+/// means "socket drained" and EAGAIN from the pipe-to-socket splice always means "socket full";
+/// `try_io` then clears exactly the readiness that is really gone.
+async fn pump(from: &TcpStream, to: &TcpStream, cfg: SpliceConfig, act: Activity<'_>) -> io::Result<()> {
+    let mut pipe: Option<Pipe> = None;
+    loop {
+        let p = match &pipe {
+            Some(p) => p,
+            None => {
+                // Wait for the first byte (or EOF) without holding a pipe.
+                if from.peek(&mut [0u8; 1]).await? == 0 {
+                    break;
+                }
+                &*pipe.insert(Pipe::new(cfg.pipe_size)?)
+            }
+        };
+        let n = match from.try_io(Interest::READABLE, || splice(from.as_fd(), p.write.as_fd(), p.cap)) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Source drained: wait for more, but give the pipe back if it stays quiet.
+                tokio::select! {
+                    biased;
+                    r = from.readable() => r?,
+                    _ = tokio::time::sleep(cfg.pipe_linger) => pipe = None,
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        // Flush everything that entered the pipe before reading more.
+        let mut left = n;
+        while left > 0 {
+            match to.try_io(Interest::WRITABLE, || splice(p.read.as_fd(), to.as_fd(), left)) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(k) => {
+                    left -= k;
+                    act.note(k);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    drop(pipe);
+    socket2::SockRef::from(to).shutdown(Shutdown::Write)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::task::JoinHandle;
+
+    struct Rig {
+        client_app: TcpStream,
+        server_app: TcpStream,
+        relay: JoinHandle<(RelayEnd, RelayStats)>,
+        to_server: Counter,
+        to_client: Counter,
+    }
+
+    /// client_app <-> [client_side | relay_splice | server_side] <-> server_app, on loopback.
+    async fn rig(idle: Duration, cfg: SpliceConfig) -> Rig {
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client_app = TcpStream::connect(front.local_addr().unwrap()).await.unwrap();
+        let (client_side, _) = front.accept().await.unwrap();
+        let server_side = TcpStream::connect(back.local_addr().unwrap()).await.unwrap();
+        let (server_app, _) = back.accept().await.unwrap();
+        let (to_server, to_client) = (Counter::default(), Counter::default());
+        let (up, down) = (to_server.clone(), to_client.clone());
+        let relay =
+            tokio::spawn(
+                async move { relay_splice_with(client_side, server_side, idle, &up, &down, cfg).await },
+            );
+        Rig { client_app, server_app, relay, to_server, to_client }
+    }
+
+    fn pattern(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn fnv(data: &[u8]) -> u64 {
+        data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    }
+
+    /// Sends `data` in odd-sized chunks, then half-closes.
+    async fn send_all(mut w: tokio::net::tcp::OwnedWriteHalf, data: Vec<u8>) {
+        for chunk in data.chunks(12_345) {
+            w.write_all(chunk).await.unwrap();
+        }
+        w.shutdown().await.unwrap();
+    }
+
+    async fn read_all(mut r: tokio::net::tcp::OwnedReadHalf) -> Vec<u8> {
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.unwrap();
+        got
+    }
+
+    async fn bulk_both_ways(cfg: SpliceConfig) {
+        const UP: usize = 5 * 1024 * 1024 + 17;
+        const DOWN: usize = 3 * 1024 * 1024 + 4099;
+        let r = rig(Duration::from_secs(10), cfg).await;
+        let (up, down) = (pattern(UP, 1), pattern(DOWN, 2));
+        let (up_sum, down_sum) = (fnv(&up), fnv(&down));
+        let (car, caw) = r.client_app.into_split();
+        let (sar, saw) = r.server_app.into_split();
+        let (_, _, at_server, at_client) = tokio::join!(
+            tokio::spawn(send_all(caw, up)),
+            tokio::spawn(send_all(saw, down)),
+            tokio::spawn(read_all(sar)),
+            tokio::spawn(read_all(car)),
+        );
+        let (at_server, at_client) = (at_server.unwrap(), at_client.unwrap());
+        assert_eq!((at_server.len(), fnv(&at_server)), (UP, up_sum));
+        assert_eq!((at_client.len(), fnv(&at_client)), (DOWN, down_sum));
+        let (end, stats) = r.relay.await.unwrap();
+        assert_eq!(end, RelayEnd::Closed);
+        assert_eq!((stats.to_server, stats.to_client), (UP as u64, DOWN as u64));
+        assert_eq!((r.to_server.get(), r.to_client.get()), (UP as u64, DOWN as u64));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bulk_both_ways_default_pipe() {
+        bulk_both_ways(SpliceConfig::default()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bulk_both_ways_large_pipe() {
+        bulk_both_ways(SpliceConfig { pipe_size: Some(1 << 20), ..SpliceConfig::default() }).await;
+    }
+
+    #[tokio::test]
+    async fn bulk_both_ways_single_thread() {
+        bulk_both_ways(SpliceConfig::default()).await;
+    }
+
+    #[tokio::test]
+    async fn half_close_keeps_the_other_direction() {
+        let r = rig(Duration::from_secs(5), SpliceConfig::default()).await;
+        let (mut car, mut caw) = r.client_app.into_split();
+        let (mut sar, mut saw) = r.server_app.into_split();
+        caw.write_all(b"hello").await.unwrap();
+        caw.shutdown().await.unwrap(); // client half-closes
+        let mut got = Vec::new();
+        sar.read_to_end(&mut got).await.unwrap(); // server sees EOF after the data
+        assert_eq!(got, b"hello");
+        saw.write_all(b"still talking").await.unwrap(); // the other half still works
+        saw.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        car.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"still talking");
+        let (end, stats) = r.relay.await.unwrap();
+        assert_eq!(end, RelayEnd::Closed);
+        assert_eq!((stats.to_server, stats.to_client), (5, 13));
+        assert_eq!((r.to_server.get(), r.to_client.get()), (5, 13));
+    }
+
+    #[tokio::test]
+    async fn immediate_eof_closes_without_data() {
+        let r = rig(Duration::from_secs(5), SpliceConfig::default()).await;
+        drop(r.client_app);
+        drop(r.server_app);
+        let (end, stats) = r.relay.await.unwrap();
+        assert_eq!(end, RelayEnd::Closed);
+        assert_eq!((stats.to_server, stats.to_client), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn idle_timeout_fires() {
+        let r = rig(Duration::from_millis(300), SpliceConfig::default()).await;
+        let t0 = std::time::Instant::now();
+        let (end, stats) = r.relay.await.unwrap();
+        let took = t0.elapsed();
+        assert_eq!(end, RelayEnd::IdleTimeout);
+        assert_eq!((stats.to_server, stats.to_client), (0, 0));
+        assert!(took >= Duration::from_millis(290) && took < Duration::from_secs(2), "took {took:?}");
+        drop((r.client_app, r.server_app));
+    }
+
+    #[tokio::test]
+    async fn activity_either_way_prevents_idle_timeout() {
+        let cfg = SpliceConfig { pipe_linger: Duration::from_millis(50), ..SpliceConfig::default() };
+        let mut r = rig(Duration::from_millis(300), cfg).await;
+        let mut b = [0u8; 1];
+        // 12 x 120 ms = 1.44 s of traffic, alternating directions, each gap < 300 ms and
+        // longer than the pipe linger, so pipes are dropped and re-created along the way.
+        for i in 0..12u8 {
+            tokio::time::sleep(Duration::from_millis(120)).await;
+            if i % 2 == 0 {
+                r.client_app.write_all(&[i]).await.unwrap();
+                r.server_app.read_exact(&mut b).await.unwrap();
+            } else {
+                r.server_app.write_all(&[i]).await.unwrap();
+                r.client_app.read_exact(&mut b).await.unwrap();
+            }
+            assert_eq!(b[0], i);
+            assert!(!r.relay.is_finished(), "relay ended during activity at step {i}");
+        }
+        let t0 = std::time::Instant::now();
+        let (end, stats) = r.relay.await.unwrap();
+        assert_eq!(end, RelayEnd::IdleTimeout);
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        assert_eq!((stats.to_server, stats.to_client), (6, 6));
+        assert_eq!((r.to_server.get(), r.to_client.get()), (6, 6));
+    }
+
+    #[tokio::test]
+    async fn bursts_across_pipe_linger_arrive_intact() {
+        let cfg = SpliceConfig { pipe_linger: Duration::from_millis(20), ..SpliceConfig::default() };
+        let r = rig(Duration::from_secs(5), cfg).await;
+        let (car, mut caw) = r.client_app.into_split();
+        let (sar, saw) = r.server_app.into_split();
+        let data = pattern(600 * 1024, 7);
+        let sender = {
+            let data = data.clone();
+            tokio::spawn(async move {
+                for chunk in data.chunks(100 * 1024) {
+                    caw.write_all(chunk).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(60)).await; // > linger: pipe recycled
+                }
+                caw.shutdown().await.unwrap();
+            })
+        };
+        let got = read_all(sar).await;
+        sender.await.unwrap();
+        assert_eq!(fnv(&got), fnv(&data));
+        drop(car); // server side never writes; closing the client ends the other direction
+        drop(saw);
+        let (end, stats) = r.relay.await.unwrap();
+        assert_eq!(end, RelayEnd::Closed);
+        assert_eq!(stats.to_server, data.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn reset_is_an_error() {
+        let r = rig(Duration::from_secs(5), SpliceConfig::default()).await;
+        let (_car, mut caw) = r.client_app.into_split();
+        caw.write_all(b"ping").await.unwrap();
+        // The server aborts: RST instead of FIN.
+        socket2::SockRef::from(&r.server_app).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(r.server_app);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        caw.shutdown().await.unwrap();
+        let (end, _) = tokio::time::timeout(Duration::from_secs(3), r.relay).await.unwrap().unwrap();
+        assert_eq!(end, RelayEnd::Error);
+    }
+}

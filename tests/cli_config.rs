@@ -1,0 +1,134 @@
+//! Loopback tests of the command line: `check` accepts the documented example and refuses
+//! malformed files with the file, line and field named and exit status 2; `nft` prints
+//! the ruleset without needing privileges.
+
+use std::path::Path;
+use std::process::Command;
+
+fn portier(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_portier")).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_shipped_example_checks_ok_with_a_summary() {
+    let (code, out, err) = portier(&["check", "--config", "configs/portier.toml"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("configs/portier.toml: OK"), "{out}");
+    assert!(
+        out.contains("pool cas: leastconn over 2 server(s); tcp check every 2s (timeout 1s, rise 2, fall 3)"),
+        "{out}"
+    );
+    assert!(out.contains("service cas-rpc: 198.19.0.10 ports 135,59532,59533-59534 -> pool cas; source client (transparent); sticky client-ip table cas for 2h; idle 2h"), "{out}");
+}
+
+#[test]
+fn every_shipped_config_checks_ok() {
+    for entry in std::fs::read_dir("configs").unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().map(|e| e == "toml").unwrap_or(false) {
+            let (code, _, err) = portier(&["check", "--config", path.to_str().unwrap()]);
+            assert_eq!(code, 0, "{}: {err}", path.display());
+        }
+    }
+}
+
+const POOL: &str = "[pools.p]\nservers = [{ address = \"198.18.2.11\" }]\n";
+
+fn svc(extra: &str) -> String {
+    format!("{POOL}[services.s]\nvip = \"198.19.0.10\"\nports = [80]\npool = \"p\"\n{extra}")
+}
+
+/// (what, config text, fragments the error must contain)
+fn malformed() -> Vec<(&'static str, String, Vec<&'static str>)> {
+    vec![
+        ("unknown field", svc("idle_timout = \"2h\"\n"), vec![":7:", "unknown field", "idle_timout"]),
+        (
+            "dangling pool",
+            format!("{POOL}[services.s]\nvip = \"198.19.0.10\"\nports = [80]\npool = \"cas\"\n"),
+            vec![":6:", "services.s.pool", "no pool named `cas`"],
+        ),
+        (
+            "overlapping claim",
+            format!("{}[services.t]\nvip = \"198.19.0.10\"\nports = [\"70-90\"]\npool = \"p\"\n", svc("")),
+            vec![":9:", "services.t.ports", "already claimed by service `s`"],
+        ),
+        (
+            "bad vip",
+            svc("").replace("198.19.0.10", "198.19.0"),
+            vec![":4:", "services.s.vip", "not an IP address"],
+        ),
+        (
+            "bad server",
+            "[pools.p]\nservers = [{ address = \"cas01\" }]\n".into(),
+            vec![":2:", "pools.p.servers.address"],
+        ),
+        (
+            "port out of range",
+            svc("").replace("[80]", "[65536]"),
+            vec![":5:", "services.s.ports", "not a port"],
+        ),
+        ("backwards range", svc("").replace("[80]", "[\"90-80\"]"), vec!["runs backwards"]),
+        ("bad duration", svc("idle_timeout = \"forever\"\n"), vec![":7:", "services.s.idle_timeout"]),
+        (
+            "bad balance",
+            "[pools.p]\nbalance = \"random\"\nservers = [{ address = \"198.18.2.11\" }]\n".into(),
+            vec![":2:", "random"],
+        ),
+        (
+            "missing vip",
+            format!("{POOL}[services.s]\nports = [80]\npool = \"p\"\n"),
+            vec!["missing field `vip`"],
+        ),
+        ("bad source", svc("source = \"nat\"\n"), vec!["services.s.source", "`nat`"]),
+        ("empty pool", "[pools.p]\nservers = []\n".into(), vec!["pools.p.servers", "at least one server"]),
+        ("bad check type", format!("{POOL}check = {{ type = \"icmp\" }}\n"), vec![":3:", "icmp"]),
+        ("bad admin", format!("[admin]\nlisten = \"localhost\"\n{POOL}"), vec![":2:", "admin.listen"]),
+        ("toml syntax", "[pools.p\n".into(), vec![":1:"]),
+        (
+            "family mismatch",
+            svc("").replace("198.19.0.10", "2001:db8:19::10"),
+            vec!["services.s.vip", "IPv6 servers"],
+        ),
+    ]
+}
+
+#[test]
+fn malformed_configs_are_refused_with_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    for (what, text, fragments) in malformed() {
+        let path = dir.path().join(format!("{}.toml", what.replace(' ', "-")));
+        std::fs::write(&path, &text).unwrap();
+        let (code, out, err) = portier(&["check", "--config", path.to_str().unwrap()]);
+        assert_eq!(code, 2, "{what}: exit {code}\n{out}{err}");
+        assert!(err.contains(path.to_str().unwrap()), "{what}: error must name the file:\n{err}");
+        for f in fragments {
+            assert!(err.contains(f), "{what}: error lacks {f:?}:\n{err}");
+        }
+        assert!(!err.contains("panicked"), "{what}: {err}");
+    }
+    assert!(malformed().len() >= 10);
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    let (code, _, err) = portier(&["check", "--config", "/nonexistent/portier.toml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/portier.toml: cannot read"), "{err}");
+}
+
+#[test]
+fn nft_prints_the_ruleset_and_routing() {
+    assert!(Path::new("configs/portier.toml").exists());
+    let (code, out, err) = portier(&["nft", "--config", "configs/portier.toml"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ip rule add fwmark 0x1 lookup 100"), "{out}");
+    assert!(out.contains("table inet portier {"), "{out}");
+    assert!(out.contains(
+        "ip daddr 198.19.0.10 tcp dport { 135, 59532, 59533-59534 } tproxy ip to 127.0.0.1:135 meta mark set 0x1 accept"
+    ), "{out}");
+}
