@@ -84,28 +84,53 @@ fn runtime(workers: usize) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().unwrap()
 }
 
-/// Relays one proxied connection with the chosen variant. Counters are shared across
-/// connections, as they are per server in portier.
-async fn proxy_one(v: Variant, mut c: TcpStream, mut s: TcpStream, up: Counter, down: Counter) {
+/// Size of the last spawned per-connection relay future (the task's own allocation).
+static FUTURE_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// Spawns the relay task for one proxied connection. Each variant gets its own future type,
+/// so none pays for another's state. Counters are shared across connections, as they are
+/// per server in portier.
+fn spawn_one<F, Fut>(c: TcpStream, upstream: SocketAddr, up: Counter, down: Counter, f: F) -> JoinHandle<()>
+where
+    F: FnOnce(TcpStream, TcpStream, Counter, Counter) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let fut = async move {
+        let s = TcpStream::connect(upstream).await.unwrap();
+        let _ = c.set_nodelay(true);
+        let _ = s.set_nodelay(true);
+        f(c, s, up, down).await;
+    };
+    FUTURE_BYTES.store(std::mem::size_of_val(&fut) as u64, Ordering::Relaxed);
+    tokio::spawn(fut)
+}
+
+fn spawn_variant(
+    v: Variant,
+    c: TcpStream,
+    upstream: SocketAddr,
+    up: Counter,
+    down: Counter,
+) -> JoinHandle<()> {
     match v {
-        Variant::Relay => {
+        Variant::Relay => spawn_one(c, upstream, up, down, |c, s, up, down| async move {
             relay(c, s, IDLE, &up, &down).await;
-        }
-        Variant::CopyBidi => {
+        }),
+        Variant::CopyBidi => spawn_one(c, upstream, up, down, |mut c, mut s, _, _| async move {
             let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
-        }
-        Variant::Splice => {
+        }),
+        Variant::Splice => spawn_one(c, upstream, up, down, |c, s, up, down| async move {
             relay_splice(c, s, IDLE, &up, &down).await;
-        }
-        Variant::Splice1M => {
+        }),
+        Variant::Splice1M => spawn_one(c, upstream, up, down, |c, s, up, down| async move {
             let cfg = SpliceConfig { pipe_size: Some(1 << 20), ..SpliceConfig::default() };
             relay_splice_with(c, s, IDLE, &up, &down, cfg).await;
-        }
-        Variant::Hold => {
-            // Hold both sockets until the client goes away, touching no data.
-            let _ = c.readable().await;
+        }),
+        // Holds both sockets until the client sends or goes away, touching no data.
+        Variant::Hold => spawn_one(c, upstream, up, down, |c, s, _, _| async move {
+            let _ = c.peek(&mut [0u8; 1]).await;
             drop(s);
-        }
+        }),
     }
 }
 
@@ -121,13 +146,7 @@ fn spawn_proxy(
         let mut relays = Vec::with_capacity(n);
         for _ in 0..n {
             let (c, _) = listener.accept().await.unwrap();
-            let (up, down) = (up.clone(), down.clone());
-            relays.push(tokio::spawn(async move {
-                let s = TcpStream::connect(upstream).await.unwrap();
-                let _ = c.set_nodelay(true);
-                let _ = s.set_nodelay(true);
-                proxy_one(v, c, s, up, down).await;
-            }));
+            relays.push(spawn_variant(v, c, upstream, up.clone(), down.clone()));
         }
         relays
     })
@@ -312,7 +331,7 @@ fn idle_child(v: Variant, n: usize, workers: usize) {
         let per = |a: u64, b: u64| (b as f64 - a as f64) * 1024.0 / n as f64;
         let perf = |a: usize, b: usize| (b as f64 - a as f64) / n as f64;
         println!(
-            "IDLE {} {:.0} {:.0} {:.0} {:.2} {:.2} {:.2} {:.2} {:.2} {:.2} {}",
+            "IDLE {} {:.0} {:.0} {:.0} {:.2} {:.2} {:.2} {:.2} {:.2} {:.2} {} {}",
             v.arg(),
             per(rss0, rss1),
             per(rss0, rss2),
@@ -323,7 +342,8 @@ fn idle_child(v: Variant, n: usize, workers: usize) {
             perf(pipes0, pipes1),
             perf(pipes0, pipes2),
             perf(pipes0, pipes3),
-            exchange_ms
+            exchange_ms,
+            FUTURE_BYTES.load(Ordering::Relaxed)
         );
         drop(clients);
         for r in proxy.await.unwrap() {
@@ -339,6 +359,7 @@ struct IdleRow {
     fds: [f64; 3],
     pipes: [f64; 3],
     exchange_ms: String,
+    future_bytes: String,
 }
 
 fn idle_run(v: Variant, n: usize) -> IdleRow {
@@ -358,6 +379,7 @@ fn idle_run(v: Variant, n: usize) -> IdleRow {
         fds: [num(5), num(6), num(7)],
         pipes: [num(8), num(9), num(10)],
         exchange_ms: f[11].to_string(),
+        future_bytes: f[12].to_string(),
     }
 }
 
@@ -395,7 +417,7 @@ fn main() {
     for v in [Variant::Hold, Variant::Relay, Variant::CopyBidi, Variant::Splice, Variant::Splice1M] {
         let r = idle_run(v, idle_n);
         println!(
-            "{:<22} {:>8.0} B {:>8.0} B {:>8.0} B | {:>6.2} {:>6.2} {:>6.2} | {:>6.2} {:>6.2} {:>6.2}   (exchange {} ms)",
+            "{:<22} {:>8.0} B {:>8.0} B {:>8.0} B | {:>6.2} {:>6.2} {:>6.2} | {:>6.2} {:>6.2} {:>6.2}   (task future {} B, exchange {} ms)",
             r.v.name(),
             r.bytes[0],
             r.bytes[1],
@@ -406,6 +428,7 @@ fn main() {
             r.pipes[0],
             r.pipes[1],
             r.pipes[2],
+            r.future_bytes,
             r.exchange_ms
         );
         idle_rows.push(r);

@@ -63,6 +63,11 @@ impl Admin {
             return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
         }
         match req.uri().path() {
+            "/metrics" if wants_openmetrics(req) => text(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                self.metrics.encode_openmetrics(),
+            ),
             "/metrics" => {
                 text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.metrics.encode())
             }

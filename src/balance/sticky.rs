@@ -3,7 +3,7 @@
 //! (not a pool index) so services with different pools (135/RPC and 443) still agree.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -36,9 +36,7 @@ impl StickyTable {
     }
 
     fn shard(&self, client: &IpAddr) -> &Mutex<HashMap<IpAddr, Entry>> {
-        let mut h = self.hasher.build_hasher();
-        client.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(client) as usize) % SHARDS]
     }
 
     /// The server this client is stuck to, if the entry has not expired; refreshes it.

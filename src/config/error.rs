@@ -81,7 +81,7 @@ impl<'a> Locator<'a> {
     }
 
     /// Converts a TOML syntax or shape error (unknown field, wrong type, bad enum value).
-    pub fn from_toml(&self, err: &toml::de::Error) -> ConfigError {
+    pub fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
         let span = err.span();
         let field = span
             .clone()

@@ -19,7 +19,7 @@ pub const DEFAULT_PATH: &str = "/etc/portier/portier.toml";
 /// Parses and validates configuration text; `path` is only used to name the file in errors.
 pub fn parse(src: &str, path: &Path) -> Result<Config, ConfigErrors> {
     let loc = error::Locator::new(path, src);
-    let file: file::FileConfig = toml::from_str(src).map_err(|e| ConfigErrors(vec![loc.from_toml(&e)]))?;
+    let file: file::FileConfig = toml::from_str(src).map_err(|e| ConfigErrors(vec![loc.toml_error(&e)]))?;
     validate::validate(&file, path, src)
 }
 

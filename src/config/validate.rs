@@ -156,7 +156,7 @@ pub fn validate(file: &FileConfig, path: &Path, src: &str) -> Result<Config, Con
         }
         if let Some(t) = &i.route_table {
             let t_v = *t.get_ref();
-            if t_v == 0 || t_v >= 253 && t_v <= 255 {
+            if t_v == 0 || (253..=255).contains(&t_v) {
                 c.err(
                     span(t),
                     "intercept.route_table",

@@ -53,6 +53,37 @@ impl ProbeError {
     }
 }
 
+/// Feeds server bytes to every parser a probe uses (status lines, SIP datagrams, the HTTP and
+/// SIP stream exchanges over an in-memory connection). For the fuzz target and property tests:
+/// none of them may panic, whatever a server sends.
+#[doc(hidden)]
+pub fn fuzz_server_bytes(data: &[u8]) {
+    let _ = read::parse_status_line(data, &["HTTP/1.0", "HTTP/1.1"]);
+    let _ = sip::parse_datagram(data);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    let addr: SocketAddr = ([192, 0, 2, 1], 5060).into();
+    rt.block_on(async {
+        // The "server" writes `data` then closes; each exchange must end without panicking.
+        let server = |data: Vec<u8>| {
+            let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = theirs.write_all(&data).await;
+                let _ = theirs.shutdown().await;
+                // Keep the peer alive until the exchange has read what it wants.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            });
+            ours
+        };
+        let limit = Duration::from_millis(200);
+        let mut io = server(data.to_vec());
+        let _ = tokio::time::timeout(limit, http::exchange(&mut io, "/", "h", 200)).await;
+        let mut io = server(data.to_vec());
+        let _ =
+            tokio::time::timeout(limit, sip::exchange_stream(&mut io, addr, addr, SipTransport::Tcp)).await;
+    });
+}
+
 /// Probe `target` once with the check `kind`; `Ok(())` means the server is alive.
 ///
 /// `timeout` bounds the whole probe (connect and exchange); when it expires the result is
@@ -181,5 +212,26 @@ mod tests {
     fn ipv6_hosts_are_bracketed() {
         assert_eq!(host_of("[::1]:80".parse().unwrap()), "[::1]");
         assert_eq!(host_of("10.0.0.1:80".parse().unwrap()), "10.0.0.1");
+    }
+}
+
+#[cfg(test)]
+mod fuzz_entry_tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        #[test]
+        fn server_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            super::fuzz_server_bytes(&data);
+        }
+    }
+
+    #[test]
+    fn fuzz_entry_handles_plausible_answers() {
+        super::fuzz_server_bytes(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        super::fuzz_server_bytes(
+            b"SIP/2.0 200 OK\r\nVia: SIP/2.0/TCP x;branch=z9hG4bKx\r\nContent-Length: 0\r\n\r\n",
+        );
     }
 }

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs the Debian packages portier's build, lab and tests need (idempotent, quick when
+# everything is already there). Run as root on Debian 12 or later.
+set -euo pipefail
+
+PACKAGES=(
+  nftables iproute2          # the interception plumbing portier installs, and the lab
+  libnftnl-dev libmnl-dev pkg-config
+  curl                       # admin API checks in the lab tests
+  prometheus                 # promtool, to validate /metrics
+  ca-certificates
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "scripts/deps.sh: must run as root (apt-get, network namespaces, nftables)" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Kernel pieces TPROXY needs; built in on some kernels, modules on others.
+for m in nft_tproxy nft_socket nf_tproxy_ipv4 nf_tproxy_ipv6 veth bridge; do
+  modprobe -q "$m" 2>/dev/null || true
+done
+
+for tool in nft ip curl promtool cargo; do
+  command -v "$tool" >/dev/null || { echo "scripts/deps.sh: $tool not found after install" >&2; exit 1; }
+done
