@@ -287,12 +287,14 @@ fn idle_child(v: Variant, n: usize, workers: usize) {
                     let (mut s, _) = sink.accept().await.unwrap();
                     accepted.fetch_add(1, Ordering::Relaxed);
                     echoes.push(tokio::spawn(async move {
-                        // Echo one EXCHANGE-sized message, then wait for EOF.
-                        let mut buf = vec![0u8; EXCHANGE];
-                        if s.read_exact(&mut buf).await.is_ok() {
-                            let _ = s.write_all(&buf).await;
+                        // Echo one EXCHANGE-sized message, then wait for EOF. The buffer
+                        // exists only during the echo, so idle sinks hold no memory.
+                        if s.peek(&mut [0u8; 1]).await.unwrap_or(0) > 0 {
+                            let mut buf = vec![0u8; EXCHANGE];
+                            if s.read_exact(&mut buf).await.is_ok() {
+                                let _ = s.write_all(&buf).await;
+                            }
                         }
-                        drop(buf);
                         let _ = s.read(&mut [0u8; 1]).await;
                     }));
                 }
