@@ -31,6 +31,10 @@ const SRC_BUF: usize = 256 * 1024;
 const SINK_BUF: usize = 256 * 1024;
 const IDLE: Duration = Duration::from_secs(600);
 const EXCHANGE: usize = 64 * 1024;
+/// Request/response size for the interactive (ping-pong) test.
+const MSG: usize = 1024;
+const PINGPONG: [Variant; 3] = [Variant::Relay, Variant::CopyBidi, Variant::Splice];
+const PP_CONNS: [usize; 2] = [1, 32];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Variant {
@@ -233,6 +237,64 @@ async fn throughput(v: Variant, streams: usize, warmup: Duration, window: Durati
     }
     let bytes = (b1 - b0) as f64;
     Sample { gbps: bytes * 8.0 / el.as_secs_f64() / 1e9, cpu_per_gb: (c1 - c0) / (bytes / 1e9) }
+}
+
+/// Request/response over the proxy: each connection sends MSG bytes, waits for the echo, repeats.
+/// Returns round trips per second over all connections.
+async fn pingpong(v: Variant, conns: usize, warmup: Duration, window: Duration) -> f64 {
+    let sink = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_addr = front.local_addr().unwrap();
+    let trips = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let echoes = tokio::spawn(async move {
+        let mut echoes = Vec::with_capacity(conns);
+        for _ in 0..conns {
+            let (mut s, _) = sink.accept().await.unwrap();
+            let _ = s.set_nodelay(true);
+            echoes.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; MSG];
+                while s.read_exact(&mut buf).await.is_ok() {
+                    if s.write_all(&buf).await.is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        echoes
+    });
+    let proxy = spawn_proxy(v, front, sink_addr, conns);
+    let mut clients = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        let (trips, stop) = (trips.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(front_addr).await.unwrap();
+            let _ = s.set_nodelay(true);
+            let msg = vec![0x3cu8; MSG];
+            let mut back = vec![0u8; MSG];
+            while !stop.load(Ordering::Relaxed) {
+                s.write_all(&msg).await.unwrap();
+                s.read_exact(&mut back).await.unwrap();
+                trips.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(warmup).await;
+    let (n0, t0) = (trips.load(Ordering::Relaxed), Instant::now());
+    tokio::time::sleep(window).await;
+    let (n1, el) = (trips.load(Ordering::Relaxed), t0.elapsed());
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    for r in proxy.await.unwrap() {
+        r.await.unwrap();
+    }
+    for e in echoes.await.unwrap() {
+        e.await.unwrap();
+    }
+    (n1 - n0) as f64 / el.as_secs_f64()
 }
 
 fn median(xs: &[f64]) -> f64 {
@@ -448,7 +510,15 @@ fn main() {
             results.push((streams, v, Vec::new()));
         }
     }
-    println!("\n== throughput ==");
+    let pp_window = Duration::from_millis(env_or("BENCH_PP_MS", 750));
+    let pp_warmup = Duration::from_millis(150);
+    let mut pp: Vec<(usize, Variant, Vec<f64>)> = Vec::new();
+    for conns in PP_CONNS {
+        for v in PINGPONG {
+            pp.push((conns, v, Vec::new()));
+        }
+    }
+    println!("\n== throughput (and ping-pong, {} ms windows) ==", pp_window.as_millis());
     for round in 1..=rounds {
         for streams in [1usize, 8] {
             for v in MEASURED {
@@ -460,6 +530,17 @@ fn main() {
                     s.cpu_per_gb
                 );
                 results.iter_mut().find(|r| r.0 == streams && r.1 == v).unwrap().2.push(s);
+            }
+        }
+        for conns in PP_CONNS {
+            for v in PINGPONG {
+                let rt_s = rt.block_on(pingpong(v, conns, pp_warmup, pp_window));
+                println!(
+                    "  round {round} ping-pong {conns:>2} conns x {MSG} B {:<20} {:>8.0} round trips/s",
+                    v.name(),
+                    rt_s
+                );
+                pp.iter_mut().find(|r| r.0 == conns && r.1 == v).unwrap().2.push(rt_s);
             }
         }
     }
@@ -489,6 +570,24 @@ fn main() {
                 c,
                 c / base_c,
                 all.join(", ")
+            );
+        }
+    }
+    println!(
+        "\n== ping-pong: {MSG} B request/response, median round trips/s, ratio to copy_bidirectional =="
+    );
+    for conns in PP_CONNS {
+        let med = |v: Variant| median(&pp.iter().find(|r| r.0 == conns && r.1 == v).unwrap().2);
+        let base = med(Variant::CopyBidi);
+        for v in PINGPONG {
+            let m = med(v);
+            println!(
+                "{:<8} {:<22} {:>10.0} {:>8.2}   mean RTT {:>6.1} us",
+                format!("{conns} conn"),
+                v.name(),
+                m,
+                m / base,
+                conns as f64 * 1e6 / m
             );
         }
     }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{self, format_duration, Config, Source};
+use crate::config::{self, format_duration, Config, Source, StickyBy};
 use crate::intercept;
 
 #[derive(Parser, Debug)]
@@ -93,18 +93,36 @@ pub fn summary(c: &Config) -> String {
             Source::Balancer => "balancer (SNAT)".to_string(),
             Source::Address(ip) => format!("{ip} (SNAT)"),
         };
-        let sticky = sv
-            .sticky
-            .as_ref()
-            .map(|st| format!("client-ip table {} for {}", st.table, format_duration(st.expire)))
-            .unwrap_or_else(|| "none".into());
+        let sticky = match sv.sticky.as_ref().map(|st| (&st.by, st.expire)) {
+            None => "none".to_string(),
+            Some((StickyBy::ClientIp { table }, e)) => {
+                format!("client-ip table {table} for {}", format_duration(e))
+            }
+            Some((StickyBy::Cookie { name }, e)) => format!("cookie {name} for {}", format_duration(e)),
+            Some((StickyBy::ServerCookie { name }, e)) => {
+                format!("server cookie {name} for {}", format_duration(e))
+            }
+        };
+        let target = match c.pool(sv) {
+            Some(p) => format!("pool {}", p.name),
+            None => "redirect to https".to_string(),
+        };
+        let routes: String = sv
+            .routes
+            .iter()
+            .map(|r| {
+                let host = r.host.as_deref().unwrap_or("*");
+                let path = r.path.as_deref().unwrap_or("");
+                format!("; route {host}{path} -> pool {}", c.pools[r.pool].name)
+            })
+            .collect();
         let _ = writeln!(
             s,
-            "service {}: {} ports {} -> pool {}; source {}; sticky {}; idle {}",
+            "service {}: {} {} ports {} -> {target}{routes}; source {}; sticky {}; idle {}",
             sv.name,
+            sv.mode.as_str(),
             vips.join(","),
             ports.join(","),
-            c.pools[sv.pool].name,
             source,
             sticky,
             format_duration(sv.idle_timeout)
@@ -130,7 +148,7 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
             let c = load(&config)?;
             let ports = intercept::listener_ports(&c);
             print!("{}", intercept::render_routing(&c.intercept));
-            print!("{}", intercept::render_table(&c, &ports));
+            print!("{}", intercept::render_replace(&c, &ports));
             Ok(())
         }
         Command::Doctor { config } => {

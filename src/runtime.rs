@@ -25,10 +25,15 @@ pub enum RuntimeError {
     Intercept(#[from] intercept::InterceptError),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("service {service}: mode {mode} is not available in this build yet")]
+    Unsupported { service: String, mode: &'static str },
 }
 
 /// Runs portier until SIGTERM or SIGINT, then stops gracefully.
 pub async fn run(config: Config) -> Result<(), RuntimeError> {
+    if let Some(s) = config.services.iter().find(|s| s.mode != crate::config::Mode::Tcp) {
+        return Err(RuntimeError::Unsupported { service: s.name.clone(), mode: s.mode.as_str() });
+    }
     let metrics = Arc::new(Metrics::new());
     let state = Arc::new(State::build(config, &metrics));
     let config = state.config.clone();
@@ -53,6 +58,12 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
         .await
         .map_err(|source| RuntimeError::Admin { addr: config.admin.listen, source })?;
+    if config.global.drain_timeout >= Duration::from_secs(85) {
+        tracing::warn!(
+            "global.drain_timeout is {:?}: the shipped systemd unit stops waiting after 90 s (TimeoutStopSec); raise it too, or portier is killed before it removes its rules",
+            config.global.drain_timeout
+        );
+    }
     if !config.admin.listen.ip().is_loopback() {
         tracing::warn!(addr = %config.admin.listen, "admin API listens beyond loopback: /metrics and /status are reachable from the network");
     }
@@ -70,21 +81,28 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
         config.intercept.route_table
     );
 
-    let mut tasks = Vec::new();
+    let mut accepting = Vec::new();
     for (l, svc) in listeners {
-        tasks.push(tokio::spawn(tcp::accept_loop(l, svc, drain.clone(), stop_rx.clone())));
+        accepting.push(tokio::spawn(tcp::accept_loop(l, svc, drain.clone(), stop_rx.clone())));
     }
+    let mut tasks = Vec::new();
     tasks.extend(crate::health::driver::spawn_all(&state, stop_rx.clone()));
     let admin = Arc::new(Admin { metrics: metrics.clone(), state: state.clone() });
     tasks.push(tokio::spawn(admin::serve(admin_listener, admin, stop_rx.clone())));
     tasks.push(tokio::spawn(purge_sticky(state.clone(), stop_rx.clone())));
 
-    let why = tokio::select! {
-        _ = sigterm.recv() => "SIGTERM",
-        _ = sigint.recv() => "SIGINT",
+    let mut sighup = signal(SignalKind::hangup()).map_err(RuntimeError::Signal)?;
+    let why = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sigint.recv() => break "SIGINT",
+            // Reload is not there yet; SIGHUP's default action would kill portier and leave
+            // its rules behind, so it is caught and explained.
+            _ = sighup.recv() => tracing::warn!("SIGHUP: configuration reload is not implemented yet; restart portier to apply changes (SIGTERM drains first)"),
+        }
     };
     let limit = config.global.drain_timeout;
-    tracing::info!(active = drain.active(), "{why}: no longer accepting; draining for up to {limit:?}");
+    tracing::info!(active = drain.active(), "{why}: refusing new connections; draining for up to {limit:?}");
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;
@@ -100,6 +118,9 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     if !drained {
         tracing::warn!(active = drain.active(), "drain limit reached: closing remaining connections");
     }
+    for t in accepting {
+        t.abort();
+    }
     intercept::remove(&config.intercept);
     tracing::info!("stopped: interception rules and routes removed");
     Ok(())
@@ -113,6 +134,9 @@ async fn purge_sticky(state: Arc<State>, mut stop: watch::Receiver<bool>) {
         }
         let now = std::time::Instant::now();
         for t in &state.sticky_tables {
+            t.purge(now);
+        }
+        for t in &state.cookie_tables {
             t.purge(now);
         }
     }

@@ -3,28 +3,74 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::balance::{Pool, StickyTable};
-use crate::config::{Config, ServiceConfig, Source};
+use crate::config::{Config, RouteConfig, ServiceConfig, Source, StickyBy};
 use crate::intercept::listener_ports;
 use crate::metrics::{Metrics, ServiceMetrics};
 
+/// How a service keeps a client on one server.
+pub enum Sticky {
+    /// A shared client-IP table.
+    ClientIp(Arc<StickyTable>),
+    /// portier's own cookie, whose value names the server (see `Pool::cookie_value`).
+    Cookie { name: String, expire: std::time::Duration },
+    /// The server's cookie: value -> server learnt from Set-Cookie.
+    ServerCookie { name: String, table: Arc<StickyTable<String>> },
+}
+
 pub struct Service {
     pub config: ServiceConfig,
-    pub pool: Arc<Pool>,
-    pub sticky: Option<Arc<StickyTable>>,
+    /// The default pool; None only for redirect services.
+    pub pool: Option<Arc<Pool>>,
+    /// Routing rules in order, each with its pool.
+    pub routes: Vec<(RouteConfig, Arc<Pool>)>,
+    pub sticky: Option<Sticky>,
     pub metrics: ServiceMetrics,
     /// Loopback port of this service's transparent listeners (the tproxy target).
     pub listener_port: u16,
+    /// At most one "no server available" line per second, with a count of those skipped.
+    pub no_server_log: LogLimiter,
+}
+
+/// Lets one log line through per second; counts the rest so the next line can say so.
+#[derive(Default)]
+pub struct LogLimiter {
+    last_second: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogLimiter {
+    pub fn allow(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if self.last_second.swap(now, Ordering::Relaxed) == now {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            false
+        } else {
+            true
+        }
+    }
+    pub fn take_suppressed(&self) -> u64 {
+        self.suppressed.swap(0, Ordering::Relaxed)
+    }
 }
 
 impl Service {
-    /// Whether server `i` can carry a connection from `client` given where it leaves from:
-    /// a transparent connection keeps the client's address family.
-    fn family_ok(&self, i: usize, client: IpAddr) -> bool {
-        let server = self.pool.servers[i].config.address;
+    /// The default pool of a service that has one (all modes but redirect).
+    pub fn default_pool(&self) -> &Arc<Pool> {
+        self.pool.as_ref().expect("validation gives every non-redirect service a pool")
+    }
+
+    /// Whether server `i` of `pool` can carry a connection from `client` given where it
+    /// leaves from: a transparent connection keeps the client's address family.
+    fn family_ok(&self, pool: &Pool, i: usize, client: IpAddr) -> bool {
+        let server = pool.servers[i].config.address;
         match self.config.source {
             Source::Client => server.is_ipv4() == client.is_ipv4(),
             Source::Address(ip) => server.is_ipv4() == ip.is_ipv4(),
@@ -32,22 +78,49 @@ impl Service {
         }
     }
 
-    /// Picks a server for `client`, skipping `tried` (failed connects of this connection).
-    /// The stickiness table is honoured while its server is usable, otherwise re-chosen.
+    /// Picks a server of the default pool for `client` (layer 4).
     pub fn choose(&self, client: IpAddr, tried: &[usize], now: Instant) -> Option<usize> {
-        let usable = |i: usize| self.family_ok(i, client) && !tried.contains(&i);
-        if let Some(table) = &self.sticky {
-            if let Some(i) = table.get(client, now).and_then(|ip| self.pool.index_of(ip)) {
-                if self.pool.servers[i].is_up() && usable(i) {
-                    return Some(i);
-                }
+        self.choose_in(self.default_pool(), client, None, tried, now)
+    }
+
+    /// Picks a server of `pool` for `client`, skipping `tried` (failed connects of this
+    /// request or connection). A `preferred` server (from a cookie) or the client-IP table's
+    /// entry is honoured while usable, otherwise the pool's algorithm chooses again, and a
+    /// client-IP table is updated with the choice.
+    pub fn choose_in(
+        &self,
+        pool: &Pool,
+        client: IpAddr,
+        preferred: Option<IpAddr>,
+        tried: &[usize],
+        now: Instant,
+    ) -> Option<usize> {
+        let usable = |i: usize| self.family_ok(pool, i, client) && !tried.contains(&i);
+        let ok = |i: usize| pool.servers[i].is_up() && usable(i);
+        let pick = || match preferred.and_then(|ip| pool.index_of(ip)) {
+            Some(i) if ok(i) => Some(i),
+            _ => pool.pick(client, usable),
+        };
+        let Some(Sticky::ClientIp(table)) = &self.sticky else { return pick() };
+        // Lookup, choice and record under one lock: a client's parallel first connections
+        // (Outlook opens several) all land on the server the first one chose.
+        table.with_entry(client, now, |servers| {
+            if let Some(i) = servers.iter().filter_map(|ip| pool.index_of(*ip)).find(|&i| ok(i)) {
+                return Some(i);
             }
+            let i = pick()?;
+            // Replace this pool's stale choice; keep choices made in other pools of the table.
+            servers.retain(|ip| pool.index_of(*ip).is_none());
+            servers.push(pool.servers[i].config.address);
+            Some(i)
+        })
+    }
+
+    /// Keeps the client's stickiness alive while one of its connections is open.
+    pub fn touch_sticky(&self, client: IpAddr) {
+        if let Some(Sticky::ClientIp(table)) = &self.sticky {
+            table.touch(&client, Instant::now());
         }
-        let i = self.pool.pick(client, usable)?;
-        if let Some(table) = &self.sticky {
-            table.set(client, self.pool.servers[i].config.address, now);
-        }
-        Some(i)
     }
 }
 
@@ -56,34 +129,52 @@ pub struct State {
     pub pools: Vec<Arc<Pool>>,
     pub services: Vec<Arc<Service>>,
     pub sticky_tables: Vec<Arc<StickyTable>>,
+    pub cookie_tables: Vec<Arc<StickyTable<String>>>,
 }
 
 impl State {
     pub fn build(config: Config, metrics: &Metrics) -> State {
         let pools: Vec<Arc<Pool>> = config.pools.iter().map(|p| Arc::new(Pool::new(p, metrics))).collect();
         let mut tables: BTreeMap<String, Arc<StickyTable>> = BTreeMap::new();
+        let mut cookie_tables = Vec::new();
         let ports = listener_ports(&config);
         let services = config
             .services
             .iter()
             .zip(ports)
             .map(|(s, listener_port)| {
-                let sticky = s.sticky.as_ref().map(|st| {
-                    tables
-                        .entry(st.table.clone())
-                        .or_insert_with(|| Arc::new(StickyTable::new(&st.table, st.expire)))
-                        .clone()
+                let sticky = s.sticky.as_ref().map(|st| match &st.by {
+                    StickyBy::ClientIp { table } => Sticky::ClientIp(
+                        tables
+                            .entry(table.clone())
+                            .or_insert_with(|| Arc::new(StickyTable::new(table, st.expire)))
+                            .clone(),
+                    ),
+                    StickyBy::Cookie { name } => Sticky::Cookie { name: name.clone(), expire: st.expire },
+                    StickyBy::ServerCookie { name } => {
+                        let table = Arc::new(StickyTable::new(&format!("{}/{name}", s.name), st.expire));
+                        cookie_tables.push(table.clone());
+                        Sticky::ServerCookie { name: name.clone(), table }
+                    }
                 });
                 Arc::new(Service {
                     config: s.clone(),
-                    pool: pools[s.pool].clone(),
+                    pool: s.pool.map(|i| pools[i].clone()),
+                    routes: s.routes.iter().map(|r| (r.clone(), pools[r.pool].clone())).collect(),
                     sticky,
                     metrics: metrics.service(&s.name),
                     listener_port,
+                    no_server_log: LogLimiter::default(),
                 })
             })
             .collect();
-        State { config: Arc::new(config), pools, services, sticky_tables: tables.into_values().collect() }
+        State {
+            config: Arc::new(config),
+            pools,
+            services,
+            sticky_tables: tables.into_values().collect(),
+            cookie_tables,
+        }
     }
 }
 
@@ -114,8 +205,8 @@ mod tests {
             let client: IpAddr = format!("198.18.1.{c}").parse().unwrap();
             let rpc = &s.services[0];
             let web = &s.services[1];
-            let a = rpc.pool.servers[rpc.choose(client, &[], now).unwrap()].config.address;
-            let b = web.pool.servers[web.choose(client, &[], now).unwrap()].config.address;
+            let a = rpc.default_pool().servers[rpc.choose(client, &[], now).unwrap()].config.address;
+            let b = web.default_pool().servers[web.choose(client, &[], now).unwrap()].config.address;
             assert_eq!(a, b, "client {client}");
         }
     }
@@ -127,12 +218,58 @@ mod tests {
         let client: IpAddr = "198.18.1.2".parse().unwrap();
         let now = Instant::now();
         let first = rpc.choose(client, &[], now).unwrap();
-        rpc.pool.servers[first].set_up(false);
+        rpc.default_pool().servers[first].set_up(false);
         let second = rpc.choose(client, &[], now).unwrap();
         assert_ne!(first, second);
-        rpc.pool.servers[first].set_up(true);
+        rpc.default_pool().servers[first].set_up(true);
         // the client stays on its new server after the old one returns
         assert_eq!(rpc.choose(client, &[], now + Duration::from_secs(1)), Some(second));
+    }
+
+    #[test]
+    fn parallel_first_connections_of_one_client_agree() {
+        for _ in 0..20 {
+            let s = Arc::new(state());
+            let client: IpAddr = "198.18.1.9".parse().unwrap();
+            let picks: Vec<IpAddr> = std::thread::scope(|sc| {
+                let hs: Vec<_> = (0..8)
+                    .map(|k| {
+                        let s = s.clone();
+                        sc.spawn(move || {
+                            let svc = &s.services[k % 2];
+                            let i = svc.choose(client, &[], Instant::now()).unwrap();
+                            svc.default_pool().servers[i].config.address
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert!(picks.iter().all(|p| *p == picks[0]), "{picks:?}");
+        }
+    }
+
+    #[test]
+    fn a_shared_table_keeps_one_choice_per_pool_when_hosts_differ() {
+        let c = crate::config::parse(
+            "[pools.rpc]\nservers = [{ address = \"198.18.2.11\" }, { address = \"198.18.2.12\" }]\n\
+             [pools.web]\nservers = [{ address = \"198.18.2.21\" }, { address = \"198.18.2.22\" }]\n\
+             [services.a]\nvip = \"198.19.0.10\"\nports = [135]\npool = \"rpc\"\nsticky = { by = \"client-ip\", table = \"t\" }\n\
+             [services.b]\nvip = \"198.19.0.10\"\nports = [443]\npool = \"web\"\nsticky = { by = \"client-ip\", table = \"t\" }\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let s = State::build(c, &Metrics::new());
+        let client: IpAddr = "198.18.1.2".parse().unwrap();
+        let now = Instant::now();
+        let a1 = s.services[0].choose(client, &[], now).unwrap();
+        for _ in 0..5 {
+            s.services[1].choose(client, &[], now).unwrap();
+            assert_eq!(
+                s.services[0].choose(client, &[], now),
+                Some(a1),
+                "the web pool must not overwrite the rpc choice"
+            );
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ fn the_shipped_example_checks_ok_with_a_summary() {
         out.contains("pool cas: leastconn over 2 server(s); tcp check every 2s (timeout 1s, rise 2, fall 3)"),
         "{out}"
     );
-    assert!(out.contains("service cas-rpc: 198.19.0.10 ports 135,59532,59533-59534 -> pool cas; source client (transparent); sticky client-ip table cas for 2h; idle 2h"), "{out}");
+    assert!(out.contains("service cas-rpc: tcp 198.19.0.10 ports 135,59532,59533-59534 -> pool cas; source client (transparent); sticky client-ip table cas for 2h; idle 2h"), "{out}");
 }
 
 #[test]

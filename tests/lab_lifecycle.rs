@@ -73,11 +73,27 @@ fn sigterm_drains_established_connections_and_refuses_new_ones() {
     let pid = s.portier.pid().unwrap();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM)
         .unwrap();
-    // New connections are no longer accepted once the listeners close.
+    // New connections are refused at once (reset), not left to time out, while the rules stay.
     let refused = s.wait_for(Duration::from_secs(5), |s| {
-        portier::lab::connect(&s.lab.client, Some(c4(1)), vip4(135), Duration::from_millis(300)).err()
+        let t0 = Instant::now();
+        let r = match portier::lab::connect(&s.lab.client, Some(c4(0)), vip4(135), Duration::from_secs(2)) {
+            Err(e) => Err(e),
+            Ok(mut stream) => {
+                stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut b = [0u8; 8];
+                std::io::Read::read(&mut stream, &mut b).map(|_| ())
+            }
+        };
+        match r {
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => Some(t0.elapsed()),
+            other => {
+                eprintln!("during drain: {other:?} after {:?}", t0.elapsed());
+                None
+            }
+        }
     });
-    assert!(refused.is_some(), "new connections still accepted after SIGTERM");
+    let (took, _) = refused.expect("new connections were not reset after SIGTERM");
+    assert!(took < Duration::from_secs(1), "refusal took {took:?}");
     // The established one still works through the whole path.
     echo(&mut held, b"during drain\n");
     assert_installed_once(&s.lab.balancer);

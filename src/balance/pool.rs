@@ -38,26 +38,37 @@ impl Server {
     }
 }
 
-/// Counts a connection against a server (leastconn and the active gauge) until dropped.
+/// Counts a connection against a server until dropped: for leastconn from the moment it is
+/// chosen (so parallel choices see it), in the active-connections gauge once connected.
 pub struct ActiveGuard {
     server: Arc<Server>,
+    connected: bool,
 }
 
 impl ActiveGuard {
     pub fn new(server: Arc<Server>) -> Self {
         server.active.fetch_add(1, Ordering::Relaxed);
-        server.metrics.active.inc();
-        ActiveGuard { server }
+        ActiveGuard { server, connected: false }
     }
     pub fn server(&self) -> &Arc<Server> {
         &self.server
+    }
+    /// The upstream connection is established: count it as open.
+    pub fn connected(&mut self) {
+        if !self.connected {
+            self.connected = true;
+            self.server.metrics.active.inc();
+            self.server.metrics.connections.inc();
+        }
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.server.active.fetch_sub(1, Ordering::Relaxed);
-        self.server.metrics.active.dec();
+        if self.connected {
+            self.server.metrics.active.dec();
+        }
     }
 }
 
@@ -69,6 +80,8 @@ pub struct Pool {
     addresses: Vec<IpAddr>,
     schedule: Vec<usize>,
     tick: AtomicUsize,
+    /// Opaque per-server values for portier's stickiness cookie (no address leaks to clients).
+    cookie_values: Vec<String>,
 }
 
 impl Pool {
@@ -95,10 +108,27 @@ impl Pool {
             balance: config.balance,
             schedule: algorithm::smooth_schedule(&weights),
             addresses: config.servers.iter().map(|s| s.address).collect(),
+            cookie_values: config
+                .servers
+                .iter()
+                .map(|s| {
+                    format!("{:016x}", algorithm::stable_hash(&format!("{}/{}", config.name, s.label())))
+                })
+                .collect(),
             weights,
             servers,
             tick: AtomicUsize::new(0),
         }
+    }
+
+    /// The stickiness-cookie value that designates server `i`.
+    pub fn cookie_value(&self, i: usize) -> &str {
+        &self.cookie_values[i]
+    }
+
+    /// The server a stickiness-cookie value designates.
+    pub fn index_of_cookie(&self, value: &str) -> Option<usize> {
+        self.cookie_values.iter().position(|v| v == value)
     }
 
     /// Index of the first server with this IP (sticky entries store IPs, see `sticky`).
@@ -137,7 +167,7 @@ mod tests {
                 weight: *w,
             })
             .collect();
-        Pool::new(&PoolConfig { name: "p".into(), balance, servers, check: None }, &Metrics::new())
+        Pool::new(&PoolConfig { name: "p".into(), balance, servers, check: None, tls: None }, &Metrics::new())
     }
 
     #[test]

@@ -1,31 +1,34 @@
-//! Stickiness tables: client IP -> server address, with expiry from last use. A table is
-//! named in the config and shared by every service naming it; entries hold the server's IP
-//! (not a pool index) so services with different pools (135/RPC and 443) still agree.
+//! Stickiness tables: key -> server address, with expiry from last use. Client-IP tables are
+//! named in the config and shared by every service naming them; entries hold the server's IP
+//! (not a pool index) so services with different pools (135/RPC and 443) still agree. The
+//! same structure, keyed by cookie value, remembers which server set a server cookie.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const SHARDS: usize = 16;
 
-#[derive(Clone, Copy)]
+/// The servers a key is stuck to: one per pool in practice (a table shared by services
+/// whose pools hold different hosts keeps one choice for each, instead of overwriting).
 struct Entry {
-    server: IpAddr,
+    servers: Vec<IpAddr>,
     last_used: Instant,
 }
 
 /// Sharded so concurrent connections rarely wait on each other; a lookup holds one shard's
 /// lock for a hash-map probe only.
-pub struct StickyTable {
+pub struct StickyTable<K = IpAddr> {
     pub name: String,
     expire: Duration,
-    shards: Vec<Mutex<HashMap<IpAddr, Entry>>>,
+    shards: Vec<Mutex<HashMap<K, Entry>>>,
     hasher: std::collections::hash_map::RandomState,
 }
 
-impl StickyTable {
+impl<K: Hash + Eq> StickyTable<K> {
     pub fn new(name: &str, expire: Duration) -> Self {
         StickyTable {
             name: name.to_string(),
@@ -35,29 +38,65 @@ impl StickyTable {
         }
     }
 
-    fn shard(&self, client: &IpAddr) -> &Mutex<HashMap<IpAddr, Entry>> {
-        &self.shards[(self.hasher.hash_one(client) as usize) % SHARDS]
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &Mutex<HashMap<K, Entry>> {
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
-    /// The server this client is stuck to, if the entry has not expired; refreshes it.
-    pub fn get(&self, client: IpAddr, now: Instant) -> Option<IpAddr> {
-        let mut map = self.shard(&client).lock().expect("sticky shard poisoned");
-        match map.get_mut(&client) {
+    /// Runs `f` on the key's live servers under the shard lock, so that a lookup, a new
+    /// choice and its recording are one step: parallel first connections of one client
+    /// cannot each pick a different server. Refreshes the entry; an emptied one is removed.
+    pub fn with_entry<R>(&self, key: K, now: Instant, f: impl FnOnce(&mut Vec<IpAddr>) -> R) -> R {
+        let mut map = self.shard(&key).lock().expect("sticky shard poisoned");
+        let entry = map.entry(key).or_insert_with(|| Entry { servers: Vec::new(), last_used: now });
+        if now.saturating_duration_since(entry.last_used) >= self.expire {
+            entry.servers.clear();
+        }
+        entry.last_used = now;
+        let r = f(&mut entry.servers);
+        if entry.servers.is_empty() {
+            map.retain(|_, e| !e.servers.is_empty());
+        }
+        r
+    }
+
+    /// Keeps a live key from expiring (long connections refresh their client's entry).
+    pub fn touch<Q>(&self, key: &Q, now: Instant)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut map = self.shard(key).lock().expect("sticky shard poisoned");
+        if let Some(e) = map.get_mut(key) {
+            if now.saturating_duration_since(e.last_used) < self.expire {
+                e.last_used = now;
+            }
+        }
+    }
+
+    /// The (first) server this key is stuck to, if the entry has not expired; refreshes it.
+    pub fn get<Q>(&self, key: &Q, now: Instant) -> Option<IpAddr>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut map = self.shard(key).lock().expect("sticky shard poisoned");
+        match map.get_mut(key) {
             Some(e) if now.saturating_duration_since(e.last_used) < self.expire => {
                 e.last_used = now;
-                Some(e.server)
+                e.servers.first().copied()
             }
             Some(_) => {
-                map.remove(&client);
+                map.remove(key);
                 None
             }
             None => None,
         }
     }
 
-    pub fn set(&self, client: IpAddr, server: IpAddr, now: Instant) {
-        let mut map = self.shard(&client).lock().expect("sticky shard poisoned");
-        map.insert(client, Entry { server, last_used: now });
+    /// Sticks `key` to `server` alone.
+    pub fn set(&self, key: K, server: IpAddr, now: Instant) {
+        let mut map = self.shard(&key).lock().expect("sticky shard poisoned");
+        map.insert(key, Entry { servers: vec![server], last_used: now });
     }
 
     /// Removes expired entries; returns how many remain.
@@ -87,21 +126,49 @@ mod tests {
 
     #[test]
     fn entries_expire_from_last_use() {
-        let t = StickyTable::new("cas", Duration::from_secs(60));
+        let t: StickyTable = StickyTable::new("cas", Duration::from_secs(60));
         let c: IpAddr = "198.18.1.2".parse().unwrap();
         let s: IpAddr = "198.18.2.11".parse().unwrap();
         let t0 = Instant::now();
         t.set(c, s, t0);
-        assert_eq!(t.get(c, t0 + Duration::from_secs(59)), Some(s));
+        assert_eq!(t.get(&c, t0 + Duration::from_secs(59)), Some(s));
         // the lookup at 59 s refreshed it
-        assert_eq!(t.get(c, t0 + Duration::from_secs(118)), Some(s));
-        assert_eq!(t.get(c, t0 + Duration::from_secs(179)), None);
+        assert_eq!(t.get(&c, t0 + Duration::from_secs(118)), Some(s));
+        assert_eq!(t.get(&c, t0 + Duration::from_secs(179)), None);
         assert!(t.is_empty());
     }
 
     #[test]
+    fn with_entry_is_one_step_and_keeps_one_server_per_pool() {
+        let t: StickyTable = StickyTable::new("cas", Duration::from_secs(60));
+        let c: IpAddr = "198.18.1.2".parse().unwrap();
+        let t0 = Instant::now();
+        t.with_entry(c, t0, |s| {
+            assert!(s.is_empty());
+            s.push("198.18.2.11".parse().unwrap());
+        });
+        t.with_entry(c, t0, |s| s.push("198.18.2.21".parse().unwrap()));
+        assert_eq!(t.with_entry(c, t0, |s| s.len()), 2);
+        // expired: the closure sees nothing
+        assert_eq!(t.with_entry(c, t0 + Duration::from_secs(61), |s| s.len()), 0);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn touch_refreshes_a_live_entry_only() {
+        let t: StickyTable = StickyTable::new("cas", Duration::from_secs(10));
+        let c: IpAddr = "198.18.1.2".parse().unwrap();
+        let t0 = Instant::now();
+        t.set(c, "198.18.2.11".parse().unwrap(), t0);
+        t.touch(&c, t0 + Duration::from_secs(9));
+        assert!(t.get(&c, t0 + Duration::from_secs(18)).is_some());
+        t.touch(&c, t0 + Duration::from_secs(40));
+        assert!(t.get(&c, t0 + Duration::from_secs(40)).is_none());
+    }
+
+    #[test]
     fn purge_drops_only_expired() {
-        let t = StickyTable::new("cas", Duration::from_secs(10));
+        let t: StickyTable = StickyTable::new("cas", Duration::from_secs(10));
         let t0 = Instant::now();
         t.set("198.18.1.2".parse().unwrap(), "198.18.2.11".parse().unwrap(), t0);
         t.set("198.18.1.3".parse().unwrap(), "198.18.2.12".parse().unwrap(), t0 + Duration::from_secs(8));

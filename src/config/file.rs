@@ -55,6 +55,15 @@ pub struct PoolFile {
     pub balance: Option<BalanceFile>,
     pub servers: Spanned<Vec<ServerFile>>,
     pub check: Option<Spanned<CheckFile>>,
+    pub tls: Option<Spanned<PoolTlsFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolTlsFile {
+    pub verify: Option<bool>,
+    pub ca: Option<Spanned<String>>,
+    pub sni: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,6 +78,7 @@ pub struct ServerFile {
 pub enum CheckTypeFile {
     Tcp,
     Http,
+    Https,
     Tls,
     SipOptions,
 }
@@ -99,6 +109,10 @@ pub struct CheckFile {
 #[serde(rename_all = "kebab-case")]
 pub enum ModeFile {
     Tcp,
+    Http,
+    Https,
+    Tls,
+    Redirect,
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,17 +123,39 @@ pub struct ServiceFile {
     /// Integers or "low-high" strings.
     pub ports: Spanned<toml::Value>,
     pub mode: Option<Spanned<ModeFile>>,
-    pub pool: Spanned<String>,
+    pub pool: Option<Spanned<String>>,
+    pub routes: Option<Spanned<Vec<RouteFile>>>,
+    pub certificates: Option<Spanned<Vec<CertFile>>>,
     pub source: Option<Spanned<String>>,
     pub sticky: Option<Spanned<StickyFile>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
+    pub header_timeout: Option<Spanned<String>>,
+    pub response_timeout: Option<Spanned<String>>,
+    pub access_log: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub host: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub pool: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFile {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StickyFile {
     pub by: Spanned<String>,
+    /// Cookie name for `cookie` and `server-cookie`.
+    pub name: Option<Spanned<String>>,
     pub table: Option<Spanned<String>>,
     pub expire: Option<Spanned<String>>,
 }

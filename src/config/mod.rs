@@ -4,6 +4,7 @@ mod duration;
 mod error;
 mod file;
 mod model;
+mod service;
 mod validate;
 
 use std::path::Path;

@@ -41,6 +41,11 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_STICKY_EXPIRE: Duration = Duration::from_secs(30 * 60);
+pub const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(2 * 60);
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// ActiveSync long-polls for up to an hour; a shorter default would cut them.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+pub const DEFAULT_COOKIE_NAME: &str = "PORTIER";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Balance {
@@ -65,6 +70,17 @@ pub struct PoolConfig {
     pub balance: Balance,
     pub servers: Vec<ServerConfig>,
     pub check: Option<CheckConfig>,
+    /// Re-encrypt to the servers (HTTPS services): TLS towards every server of the pool.
+    pub tls: Option<PoolTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolTls {
+    /// Verify the servers' certificates against `ca`; false is for labs and self-signed estates.
+    pub verify: bool,
+    pub ca: Option<PathBuf>,
+    /// Name sent as SNI and verified; default: none (the server's IP).
+    pub sni: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,9 +111,24 @@ pub enum SipTransport {
 #[derive(Debug, Clone, PartialEq)]
 pub enum CheckKind {
     Tcp,
-    Http { path: String, expect: u16, host: Option<String> },
-    Tls { sni: Option<String> },
-    SipOptions { transport: SipTransport },
+    Http {
+        path: String,
+        expect: u16,
+        host: Option<String>,
+    },
+    /// HTTP over TLS; the certificate is not verified (a check asks "is it alive?").
+    Https {
+        path: String,
+        expect: u16,
+        host: Option<String>,
+        sni: Option<String>,
+    },
+    Tls {
+        sni: Option<String>,
+    },
+    SipOptions {
+        transport: SipTransport,
+    },
 }
 
 impl CheckKind {
@@ -105,6 +136,7 @@ impl CheckKind {
         match self {
             CheckKind::Tcp => "tcp",
             CheckKind::Http { .. } => "http",
+            CheckKind::Https { .. } => "https",
             CheckKind::Tls { .. } => "tls",
             CheckKind::SipOptions { .. } => "sip-options",
         }
@@ -149,7 +181,56 @@ impl std::fmt::Display for PortRange {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// Layer 4: bytes relayed as they are.
     Tcp,
+    /// Plain HTTP/1.1 proxied per request.
+    Http,
+    /// TLS terminated here (certificates by SNI), then HTTP per request.
+    Https,
+    /// TLS passed through untouched, routed by the ClientHello's SNI.
+    Tls,
+    /// Answers every request with a 301 to https:// on the same host and path.
+    Redirect,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Tcp => "tcp",
+            Mode::Http => "http",
+            Mode::Https => "https",
+            Mode::Tls => "tls",
+            Mode::Redirect => "redirect",
+        }
+    }
+    /// Modes that parse HTTP requests.
+    pub fn is_http(self) -> bool {
+        matches!(self, Mode::Http | Mode::Https)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSpec {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A routing rule inside a service: first match wins, else the service's pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// Exact host (case-insensitive, port ignored), or `*.domain` for one label.
+    pub host: Option<String>,
+    /// Path prefix, matched on whole segments (`/owa` matches `/owa` and `/owa/x`, not `/owax`).
+    pub path: Option<String>,
+    /// Index into `Config::pools`.
+    pub pool: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    Text,
+    Json,
 }
 
 /// Which address upstream connections leave from.
@@ -163,10 +244,30 @@ pub enum Source {
     Address(IpAddr),
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StickyBy {
+    /// Client IP -> server, in a named table that services share.
+    ClientIp { table: String },
+    /// portier inserts its own cookie naming the server, and honours it.
+    Cookie { name: String },
+    /// The server's own cookie (e.g. Lync's MS-WSMAN) is learnt and routed by, never rewritten.
+    ServerCookie { name: String },
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct StickyConfig {
-    pub table: String,
+    pub by: StickyBy,
     pub expire: Duration,
+}
+
+impl StickyConfig {
+    /// The shared client-IP table name, for client-ip stickiness.
+    pub fn table(&self) -> Option<&str> {
+        match &self.by {
+            StickyBy::ClientIp { table } => Some(table),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -175,16 +276,26 @@ pub struct ServiceConfig {
     pub vips: Vec<IpAddr>,
     pub ports: Vec<PortRange>,
     pub mode: Mode,
-    /// Index into `Config::pools`.
-    pub pool: usize,
+    /// Index into `Config::pools`; None only for redirect services.
+    pub pool: Option<usize>,
+    pub routes: Vec<RouteConfig>,
+    pub certificates: Vec<CertSpec>,
     pub source: Source,
     pub sticky: Option<StickyConfig>,
+    /// tcp/tls: no byte either way for this long closes the connection. http/https: a
+    /// keep-alive connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
+    /// http/https: the whole request head must arrive within this (slowloris defence).
+    pub header_timeout: Duration,
+    /// http/https: the server's response head must arrive within this after the request.
+    pub response_timeout: Duration,
+    pub access_log: AccessLog,
 }
 
 impl Config {
-    pub fn pool(&self, service: &ServiceConfig) -> &PoolConfig {
-        &self.pools[service.pool]
+    /// The service's default pool (every mode but redirect has one).
+    pub fn pool(&self, service: &ServiceConfig) -> Option<&PoolConfig> {
+        service.pool.map(|i| &self.pools[i])
     }
 }

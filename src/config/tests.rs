@@ -50,9 +50,15 @@ fn the_documented_example_loads_exactly_as_written() {
         ]
     );
     assert_eq!(s.source, Source::Client);
-    assert_eq!(s.sticky, Some(StickyConfig { table: "cas".into(), expire: Duration::from_secs(7200) }));
+    assert_eq!(
+        s.sticky,
+        Some(StickyConfig {
+            by: StickyBy::ClientIp { table: "cas".into() },
+            expire: Duration::from_secs(7200)
+        })
+    );
     assert_eq!(s.idle_timeout, Duration::from_secs(7200));
-    assert_eq!(c.pool(s).name, "cas");
+    assert_eq!(c.pool(s).unwrap().name, "cas");
 }
 
 #[test]

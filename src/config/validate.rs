@@ -14,22 +14,32 @@ use super::error::{ConfigError, ConfigErrors, Locator};
 use super::file::*;
 use super::model::*;
 
-struct Checker<'a> {
-    loc: Locator<'a>,
-    errors: Vec<ConfigError>,
+pub(super) struct Checker<'a> {
+    pub(super) loc: Locator<'a>,
+    pub(super) errors: Vec<ConfigError>,
 }
 
-fn span<T>(s: &Spanned<T>) -> Option<Range<usize>> {
+pub(super) fn span<T>(s: &Spanned<T>) -> Option<Range<usize>> {
     Some(s.span())
 }
 
 impl Checker<'_> {
-    fn err(&mut self, span: Option<Range<usize>>, field: impl Into<String>, msg: impl Into<String>) {
+    pub(super) fn err(
+        &mut self,
+        span: Option<Range<usize>>,
+        field: impl Into<String>,
+        msg: impl Into<String>,
+    ) {
         let e = self.loc.error(span, field, msg);
         self.errors.push(e);
     }
 
-    fn duration(&mut self, v: &Option<Spanned<String>>, field: &str, default: Duration) -> Duration {
+    pub(super) fn duration(
+        &mut self,
+        v: &Option<Spanned<String>>,
+        field: &str,
+        default: Duration,
+    ) -> Duration {
         match v {
             None => default,
             Some(s) => match parse_duration(s.get_ref()) {
@@ -46,7 +56,7 @@ impl Checker<'_> {
         }
     }
 
-    fn name(&mut self, n: &Spanned<String>, what: &str) {
+    pub(super) fn name(&mut self, n: &Spanned<String>, what: &str) {
         let ok = !n.get_ref().is_empty()
             && n.get_ref().len() <= 64
             && n.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
@@ -215,188 +225,27 @@ pub fn validate(file: &FileConfig, path: &Path, src: &str) -> Result<Config, Con
         }
         let check = p.check.as_ref().map(|ch| check_config(&mut c, ch, name.get_ref(), &servers));
         pool_index.insert(name.get_ref().clone(), pools.len());
-        pools.push(PoolConfig { name: name.get_ref().clone(), balance, servers, check });
+        let tls = p.tls.as_ref().map(|t| {
+            let t = t.get_ref();
+            let verify = t.verify.unwrap_or(true);
+            if verify && t.ca.is_none() {
+                c.err(
+                    p.tls.as_ref().map(|t| t.span()),
+                    field("tls.ca"),
+                    "verify = true needs `ca` (a PEM file of the CAs that signed the servers' certificates); verify = false skips the check",
+                );
+            }
+            PoolTls {
+                verify,
+                ca: t.ca.as_ref().map(|a| std::path::PathBuf::from(a.get_ref())),
+                sni: t.sni.as_ref().map(|n| n.get_ref().clone()),
+            }
+        });
+        pools.push(PoolConfig { name: name.get_ref().clone(), balance, servers, check, tls });
     }
 
     // [services.*]
-    let mut services: Vec<ServiceConfig> = Vec::new();
-    let mut claims: Vec<(IpAddr, PortRange, String, Range<usize>)> = Vec::new();
-    let mut sticky_tables: BTreeMap<String, (Duration, String)> = BTreeMap::new();
-    for (name, s) in &file.services {
-        c.name(name, "services");
-        let sname = name.get_ref().clone();
-        let field = |f: &str| format!("services.{sname}.{f}");
-
-        let mut vips = Vec::new();
-        let vip_values: Vec<toml::Value> = match s.vip.get_ref() {
-            toml::Value::Array(a) => a.clone(),
-            v => vec![v.clone()],
-        };
-        if vip_values.is_empty() {
-            c.err(span(&s.vip), field("vip"), "needs at least one address");
-        }
-        for v in &vip_values {
-            match v.as_str().map(|t| (t, t.parse::<IpAddr>())) {
-                Some((_, Ok(ip))) if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() => {
-                    c.err(span(&s.vip), field("vip"), format!("`{ip}` cannot be a virtual IP"))
-                }
-                Some((_, Ok(ip))) => {
-                    if vips.contains(&ip) {
-                        c.err(span(&s.vip), field("vip"), format!("`{ip}` is listed twice"));
-                    }
-                    vips.push(ip)
-                }
-                Some((t, Err(_))) => c.err(span(&s.vip), field("vip"), format!("`{t}` is not an IP address")),
-                None => c.err(
-                    span(&s.vip),
-                    field("vip"),
-                    format!("{} is not an address; write \"198.19.0.10\" or a list of them", v.type_str()),
-                ),
-            }
-        }
-
-        let mut ports: Vec<PortRange> = Vec::new();
-        let port_values: Vec<toml::Value> = match s.ports.get_ref() {
-            toml::Value::Array(a) => a.clone(),
-            v => vec![v.clone()],
-        };
-        if port_values.is_empty() {
-            c.err(span(&s.ports), field("ports"), "needs at least one port");
-        }
-        for v in &port_values {
-            match parse_port_spec(v) {
-                Ok(r) => {
-                    if let Some(o) = ports.iter().find(|o| o.overlaps(&r)) {
-                        c.err(span(&s.ports), field("ports"), format!("{r} overlaps {o} in the same list"));
-                    }
-                    ports.push(r)
-                }
-                Err(m) => c.err(span(&s.ports), field("ports"), m),
-            }
-        }
-        ports.sort();
-
-        for vip in &vips {
-            for r in &ports {
-                for (ovip, or, oname, ospan) in &claims {
-                    if ovip == vip && or.overlaps(r) {
-                        let (ol, _) = c.loc.line_col(ospan.start);
-                        c.err(
-                            span(&s.ports),
-                            field("ports"),
-                            format!(
-                                "{vip} port {r} is already claimed by service `{oname}` (line {ol}: {or})"
-                            ),
-                        );
-                    }
-                }
-            }
-        }
-        for vip in &vips {
-            for r in &ports {
-                claims.push((*vip, *r, sname.clone(), s.ports.span()));
-            }
-        }
-
-        let pool = match pool_index.get(s.pool.get_ref()) {
-            Some(i) => *i,
-            None => {
-                let known: Vec<&str> = pool_index.keys().map(String::as_str).collect();
-                c.err(
-                    span(&s.pool),
-                    field("pool"),
-                    format!(
-                        "no pool named `{}` (defined: {})",
-                        s.pool.get_ref(),
-                        if known.is_empty() { "none".into() } else { known.join(", ") }
-                    ),
-                );
-                usize::MAX
-            }
-        };
-
-        let source = match &s.source {
-            None => Source::Client,
-            Some(t) => match t.get_ref().as_str() {
-                "client" => Source::Client,
-                "balancer" => Source::Balancer,
-                other => match other.parse::<IpAddr>() {
-                    Ok(ip) if !ip.is_unspecified() && !ip.is_multicast() => Source::Address(ip),
-                    _ => {
-                        c.err(
-                            span(t),
-                            field("source"),
-                            format!("`{other}` is not \"client\", \"balancer\" or an IP address"),
-                        );
-                        Source::Client
-                    }
-                },
-            },
-        };
-
-        // Family coherence: a transparent connection leaves from the client's address, so the
-        // pool needs servers of each VIP's family; a fixed SNAT address fixes the family.
-        if pool != usize::MAX {
-            let p = &pools[pool];
-            match source {
-                Source::Client => {
-                    for vip in &vips {
-                        if !p.servers.iter().any(|sv| sv.address.is_ipv4() == vip.is_ipv4()) {
-                            c.err(span(&s.vip), field("vip"), format!(
-                                "transparent source: clients of {vip} can only reach {} servers, and pool `{}` has none",
-                                if vip.is_ipv4() { "IPv4" } else { "IPv6" }, p.name));
-                        }
-                    }
-                }
-                Source::Address(ip) => {
-                    if !p.servers.iter().any(|sv| sv.address.is_ipv4() == ip.is_ipv4()) {
-                        c.err(span(s.source.as_ref().expect("source is set")), field("source"),
-                            format!("SNAT address {ip} cannot reach any server of pool `{}` (other address family)", p.name));
-                    }
-                }
-                Source::Balancer => {}
-            }
-        }
-
-        let sticky = s.sticky.as_ref().map(|st| {
-            let st_ref = st.get_ref();
-            if st_ref.by.get_ref() != "client-ip" {
-                c.err(span(&st_ref.by), field("sticky.by"), format!("`{}` is not supported in tcp mode; use \"client-ip\"", st_ref.by.get_ref()));
-            }
-            let table = st_ref.table.as_ref().map(|t| t.get_ref().clone()).unwrap_or_else(|| sname.clone());
-            let expire = c.duration(&st_ref.expire, &field("sticky.expire"), DEFAULT_STICKY_EXPIRE);
-            match sticky_tables.get(&table) {
-                Some((e, other)) if *e != expire => c.err(
-                    span(st),
-                    field("sticky.expire"),
-                    format!("table `{table}` expires after {} in service `{other}`; services sharing a table must agree", format_duration(*e)),
-                ),
-                Some(_) => {}
-                None => {
-                    sticky_tables.insert(table.clone(), (expire, sname.clone()));
-                }
-            }
-            StickyConfig { table, expire }
-        });
-
-        let idle_timeout = c.duration(&s.idle_timeout, &field("idle_timeout"), DEFAULT_IDLE_TIMEOUT);
-        let connect_timeout =
-            c.duration(&s.connect_timeout, &field("connect_timeout"), DEFAULT_CONNECT_TIMEOUT);
-
-        services.push(ServiceConfig {
-            name: sname.clone(),
-            vips,
-            ports,
-            mode: match s.mode.as_ref().map(|m| *m.get_ref()) {
-                None | Some(ModeFile::Tcp) => Mode::Tcp,
-            },
-            pool,
-            source,
-            sticky,
-            idle_timeout,
-            connect_timeout,
-        });
-    }
+    let services = super::service::services(&mut c, file, &pools, &pool_index);
 
     if c.errors.is_empty() {
         Ok(Config {
@@ -461,11 +310,32 @@ fn check_config(
             c.err(span(v), field(name), format!("`{name}` does not apply to {kind} checks"));
         }
     };
+    let unused_num = |c: &mut Checker<'_>, v: &Option<Spanned<u16>>, name: &str, kind: &str| {
+        if let Some(v) = v {
+            c.err(span(v), field(name), format!("`{name}` does not apply to {kind} checks"));
+        }
+    };
+    // A value the probe would refuse to send would mark every server down for ever.
+    if let Some(h) = &f.host {
+        let v = h.get_ref();
+        if v.is_empty() || v.len() > 255 || v.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+            c.err(span(h), field("host"), format!("`{v}` is not a usable Host header value"));
+        }
+    }
+    if let Some(n) = &f.sni {
+        if rustls::pki_types::ServerName::try_from(n.get_ref().as_str()).is_err()
+            || n.get_ref().parse::<IpAddr>().is_ok()
+        {
+            c.err(span(n), field("sni"), format!("`{}` is not a DNS name to send as SNI", n.get_ref()));
+        }
+    }
     let kind = match f.kind {
         CheckTypeFile::Tcp => {
             unused(c, &f.path, "path", "tcp");
             unused(c, &f.sni, "sni", "tcp");
+            unused(c, &f.host, "host", "tcp");
             unused(c, &f.transport, "transport", "tcp");
+            unused_num(c, &f.expect, "expect", "tcp");
             CheckKind::Tcp
         }
         CheckTypeFile::Http => {
@@ -489,16 +359,43 @@ fn check_config(
             unused(c, &f.transport, "transport", "http");
             CheckKind::Http { path, expect, host: f.host.as_ref().map(|h| h.get_ref().clone()) }
         }
+        CheckTypeFile::Https => {
+            let path = f.path.as_ref().map(|p| p.get_ref().clone()).unwrap_or_else(|| "/".into());
+            if !path.starts_with('/') || path.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+                c.err(
+                    f.path.as_ref().map(|p| p.span()),
+                    field("path"),
+                    format!("`{path}` must start with '/' and hold no spaces"),
+                );
+            }
+            let expect = f.expect.as_ref().map(|e| *e.get_ref()).unwrap_or(200);
+            if !(100..=599).contains(&expect) {
+                c.err(
+                    f.expect.as_ref().map(|e| e.span()),
+                    field("expect"),
+                    format!("{expect} is not an HTTP status"),
+                );
+            }
+            unused(c, &f.transport, "transport", "https");
+            CheckKind::Https {
+                path,
+                expect,
+                host: f.host.as_ref().map(|h| h.get_ref().clone()),
+                sni: f.sni.as_ref().map(|h| h.get_ref().clone()),
+            }
+        }
         CheckTypeFile::Tls => {
             unused(c, &f.path, "path", "tls");
             unused(c, &f.transport, "transport", "tls");
+            unused_num(c, &f.expect, "expect", "tls");
             CheckKind::Tls { sni: f.sni.as_ref().or(f.host.as_ref()).map(|h| h.get_ref().clone()) }
         }
         CheckTypeFile::SipOptions => {
             unused(c, &f.path, "path", "sip-options");
             let transport = match f.transport.as_ref().map(|t| t.get_ref().as_str()) {
-                None | Some("udp") => SipTransport::Udp,
-                Some("tcp") => SipTransport::Tcp,
+                // TCP by default: Exchange UM and OCS listen on TCP, not UDP.
+                Some("udp") => SipTransport::Udp,
+                None | Some("tcp") => SipTransport::Tcp,
                 Some("tls") => SipTransport::Tls,
                 Some(other) => {
                     c.err(
@@ -506,9 +403,12 @@ fn check_config(
                         field("transport"),
                         format!("`{other}` is not udp, tcp or tls"),
                     );
-                    SipTransport::Udp
+                    SipTransport::Tcp
                 }
             };
+            unused(c, &f.host, "host", "sip-options");
+            unused(c, &f.sni, "sni", "sip-options");
+            unused_num(c, &f.expect, "expect", "sip-options");
             CheckKind::SipOptions { transport }
         }
     };

@@ -107,6 +107,12 @@ async fn run(kind: &CheckKind, target: SocketAddr) -> Result<(), ProbeError> {
             let mut stream = connect(target).await?;
             http::exchange(&mut stream, path, &host, *expect).await
         }
+        CheckKind::Https { path, expect, host, sni } => {
+            let host = host.clone().or_else(|| sni.clone()).unwrap_or_else(|| host_of(target));
+            let tcp = connect(target).await?;
+            let mut stream = tls::handshake(tcp, target, sni.as_deref()).await?;
+            http::exchange(&mut stream, path, &host, *expect).await
+        }
         CheckKind::Tls { sni } => tls::check(target, sni.as_deref()).await,
         CheckKind::SipOptions { transport } => match transport {
             SipTransport::Udp => sip::probe_udp(target, sip::T1, sip::T2).await,

@@ -95,10 +95,17 @@ pub fn diagnose(config: Option<&Config>) -> Report {
         r.add(Level::Fail, "CAP_NET_ADMIN is missing: run as root or grant it (the systemd unit does: AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW)");
     }
 
-    let probe = "table inet portier_doctor {\n chain p {\n  type filter hook prerouting priority mangle;\n  \
-                 meta l4proto tcp socket transparent 1 meta mark set 0x1 accept\n  \
-                 ip daddr 192.0.2.1 tcp dport 9 tproxy ip to 127.0.0.1:9 accept\n  \
-                 ip6 daddr 2001:db8::1 tcp dport 9 tproxy ip6 to [::1]:9 accept\n }\n}\n";
+    let families = config.map(routing::families_in_use).unwrap_or_else(|| vec!["-4"]);
+    let mut probe = String::from(
+        "table inet portier_doctor {\n chain p {\n  type filter hook prerouting priority mangle;\n  \
+         meta l4proto tcp socket transparent 1 meta mark set 0x1 accept\n  \
+         ip daddr 192.0.2.1 tcp dport 9 tproxy ip to 127.0.0.1:9 accept\n",
+    );
+    if families.contains(&"-6") {
+        probe.push_str("  ip6 daddr 2001:db8::1 tcp dport 9 tproxy ip6 to [::1]:9 accept\n");
+    }
+    probe.push_str(" }\n}\n");
+    let probe = probe.as_str();
     match run("nft", &["-c", "-f", "-"], Some(probe)) {
         Ok(_) => r.add(Level::Ok, "kernel accepts nftables socket and tproxy expressions (nft_socket, nft_tproxy)"),
         Err(e) => r.add(Level::Fail, format!("kernel or nft cannot load TPROXY rules: {e}. Load the modules: modprobe nft_socket nft_tproxy nf_tproxy_ipv4 nf_tproxy_ipv6")),
@@ -136,7 +143,7 @@ pub fn diagnose(config: Option<&Config>) -> Report {
         }
     }
 
-    for (fam, name) in [("-4", "IPv4"), ("-6", "IPv6")] {
+    for (fam, name) in [("-4", "IPv4"), ("-6", "IPv6")].into_iter().filter(|(f, _)| families.contains(f)) {
         match routing::count_rules(fam, i) {
             Ok(1) => r.add(Level::Ok, format!("{name} rule fwmark {:#x} lookup {} present", i.fwmark, i.route_table)),
             Ok(0) => r.add(Level::Fail, format!("{name} rule missing: marked packets are routed, not delivered locally. Fix: ip {fam} rule add fwmark {:#x} lookup {}", i.fwmark, i.route_table)),

@@ -15,7 +15,7 @@ use command::run;
 /// Installs the nftables table (replacing any leftover atomically) and the policy routing.
 pub fn install(config: &Config, ports: &[u16]) -> Result<(), InterceptError> {
     run("nft", &["-f", "-"], Some(&render_replace(config, ports)))?;
-    if let Err(e) = routing::install(&config.intercept) {
+    if let Err(e) = routing::install(&config.intercept, &routing::families_in_use(config)) {
         remove(&config.intercept);
         return Err(e);
     }

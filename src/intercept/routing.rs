@@ -1,18 +1,32 @@
 //! Policy routing for TPROXY: packets carrying portier's mark are delivered locally.
 
 use super::command::{run, InterceptError};
-use crate::config::InterceptConfig;
+use crate::config::{Config, InterceptConfig};
 
 /// The two address families and the prefix that covers each.
 const FAMILIES: [(&str, &str); 2] = [("-4", "0.0.0.0/0"), ("-6", "::/0")];
 
-/// Installs `fwmark M lookup T` and `local default dev lo table T` for IPv4 and IPv6.
+/// The `ip` family flags of the VIPs in use: an IPv4-only configuration must start on a host
+/// whose kernel has IPv6 disabled, so IPv6 routing is only installed when a VIP needs it.
+pub fn families_in_use(config: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let vips = || config.services.iter().flat_map(|s| s.vips.iter());
+    if vips().any(|v| v.is_ipv4()) {
+        out.push("-4");
+    }
+    if vips().any(|v| v.is_ipv6()) {
+        out.push("-6");
+    }
+    out
+}
+
+/// Installs `fwmark M lookup T` and `local default dev lo table T` for the given families.
 /// Existing copies are removed first, so a restart after a crash never duplicates them.
-pub fn install(i: &InterceptConfig) -> Result<(), InterceptError> {
+pub fn install(i: &InterceptConfig, families: &[&str]) -> Result<(), InterceptError> {
     remove_rules(i);
     let mark = format!("{:#x}", i.fwmark);
     let table = i.route_table.to_string();
-    for (fam, prefix) in FAMILIES {
+    for (fam, prefix) in FAMILIES.iter().copied().filter(|(f, _)| families.contains(f)) {
         run("ip", &[fam, "rule", "add", "fwmark", &mark, "lookup", &table], None)?;
         run("ip", &[fam, "route", "replace", "local", prefix, "dev", "lo", "table", &table], None)?;
     }

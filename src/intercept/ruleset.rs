@@ -23,7 +23,7 @@ pub fn listener_addrs(port: u16) -> [SocketAddr; 2] {
 /// readable (`tproxy ip to 127.0.0.1:135` for the RPC service).
 pub fn listener_ports(config: &Config) -> Vec<u16> {
     let mut used: Vec<u16> = Vec::new();
-    if config.admin.listen.ip().is_loopback() {
+    if config.admin.listen.ip().is_loopback() || config.admin.listen.ip().is_unspecified() {
         used.push(config.admin.listen.port());
     }
     config

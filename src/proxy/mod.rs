@@ -1,8 +1,10 @@
 //! Proxies: the transparent L4 TCP relay (HTTP comes with the L7 work).
 
 pub mod relay;
+pub mod sni;
 pub mod splice;
 pub mod tcp;
+pub mod tls;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

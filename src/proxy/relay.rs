@@ -1,15 +1,15 @@
-//! Relays bytes both ways between client and server with correct half-close and an idle
-//! timeout that counts activity in either direction.
+//! Relays bytes both ways between client and server: half-close passes through, an error on
+//! either side resets both, activity in either direction keeps the idle timeout away, and an
+//! idle connection holds no copy buffer.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
-use std::pin::Pin;
-use std::task::Poll;
-
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Why a relay ended.
@@ -18,7 +18,7 @@ pub enum RelayEnd {
     /// Both sides closed their half.
     Closed,
     IdleTimeout,
-    /// A read or write failed (reset, broken pipe).
+    /// A read or write failed (reset, broken pipe); both sides were reset.
     Error,
 }
 
@@ -40,166 +40,190 @@ pub struct RelayStats {
 
 const BUF: usize = 16 * 1024;
 
-/// Copies `from` to `to` until EOF, then shuts `to`'s write side (half-close).
-async fn pump<R, W>(
-    mut from: R,
-    mut to: W,
-    last: &AtomicU64,
+struct Activity {
     epoch: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    fn last(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// Copies `from` to `to` until EOF, then shuts `to`'s write side (half-close). The buffer is
+/// taken when data is readable and given back as soon as the socket is drained, so thousands
+/// of idle connections (MAPI sits idle for hours) cost no buffer memory.
+async fn pump(
+    from: &OwnedReadHalf,
+    to: &mut OwnedWriteHalf,
+    activity: &Activity,
     bytes: &Counter,
     total: &AtomicU64,
-) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    // Allocated when the first byte arrives, so an idle connection holds no copy buffer.
-    let mut buf: Vec<u8> = Vec::new();
+) -> io::Result<()> {
+    let mut buf: Option<Box<[u8]>> = None;
     loop {
-        let (n, eof) = if buf.is_empty() {
-            let mut first = [0u8; 1];
-            if from.read(&mut first).await? == 0 {
-                break;
+        from.readable().await?;
+        let b = buf.get_or_insert_with(|| vec![0u8; BUF].into_boxed_slice());
+        match from.try_read(b) {
+            Ok(0) => break,
+            Ok(n) => {
+                to.write_all(&b[..n]).await?;
+                activity.touch();
+                bytes.inc_by(n as u64);
+                total.fetch_add(n as u64, Ordering::Relaxed);
             }
-            buf = vec![0u8; BUF];
-            buf[0] = first[0];
-            // Take whatever else is already queued so the first write is not a lone byte.
-            match read_now(&mut from, &mut buf[1..]).await? {
-                Some(0) => (1, true),
-                Some(k) => (1 + k, false),
-                None => (1, false),
-            }
-        } else {
-            match from.read(&mut buf).await? {
-                0 => break,
-                k => (k, false),
-            }
-        };
-        to.write_all(&buf[..n]).await?;
-        note(last, epoch, bytes, total, n as u64);
-        if eof {
-            break;
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf = None,
+            Err(e) => return Err(e),
         }
     }
     to.shutdown().await
 }
 
-/// One read attempt that does not wait: Some(n) when data (or EOF, n = 0) was ready.
-async fn read_now<R: AsyncRead + Unpin>(from: &mut R, buf: &mut [u8]) -> io::Result<Option<usize>> {
-    std::future::poll_fn(|cx| {
-        let mut rb = ReadBuf::new(buf);
-        match Pin::new(&mut *from).poll_read(cx, &mut rb) {
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(Some(rb.filled().len()))),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Ready(Ok(None)),
-        }
-    })
-    .await
-}
-
-fn note(last: &AtomicU64, epoch: Instant, bytes: &Counter, total: &AtomicU64, n: u64) {
-    last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-    bytes.inc_by(n);
-    total.fetch_add(n, Ordering::Relaxed);
-}
-
-/// Relays until both directions are closed, an error occurs, or nothing moved for `idle`.
-pub async fn relay<C, S>(
-    client: C,
-    server: S,
+/// Relays until both directions are closed, either fails, or nothing moved for `idle`.
+pub async fn relay(
+    client: TcpStream,
+    server: TcpStream,
     idle: Duration,
     to_server: &Counter,
     to_client: &Counter,
-) -> (RelayEnd, RelayStats)
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let (cr, cw) = tokio::io::split(client);
-    let (sr, sw) = tokio::io::split(server);
-    let epoch = Instant::now();
-    let last = AtomicU64::new(0);
+) -> (RelayEnd, RelayStats) {
+    let (cr, mut cw) = client.into_split();
+    let (sr, mut sw) = server.into_split();
+    let activity = Activity { epoch: Instant::now(), last_ms: AtomicU64::new(0) };
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
 
-    let both = async {
-        let (a, b) = tokio::join!(
-            pump(cr, sw, &last, epoch, to_server, &up),
-            pump(sr, cw, &last, epoch, to_client, &down)
-        );
-        if a.is_ok() && b.is_ok() {
-            RelayEnd::Closed
-        } else {
-            RelayEnd::Error
-        }
-    };
-    let watchdog = async {
+    let end = {
+        let a = pump(&cr, &mut sw, &activity, to_server, &up);
+        let b = pump(&sr, &mut cw, &activity, to_client, &down);
+        let watchdog = async {
+            loop {
+                tokio::time::sleep_until(activity.last() + idle).await;
+                if activity.last().elapsed() >= idle {
+                    return;
+                }
+            }
+        };
+        tokio::pin!(a, b, watchdog);
+        let (mut a_done, mut b_done) = (false, false);
         loop {
-            let deadline = epoch + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
-            tokio::time::sleep_until(deadline).await;
-            let quiet = epoch.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
-            if quiet >= idle {
-                return RelayEnd::IdleTimeout;
+            tokio::select! {
+                r = &mut a, if !a_done => match r {
+                    Ok(()) if b_done => break RelayEnd::Closed,
+                    Ok(()) => a_done = true,
+                    Err(_) => break RelayEnd::Error,
+                },
+                r = &mut b, if !b_done => match r {
+                    Ok(()) if a_done => break RelayEnd::Closed,
+                    Ok(()) => b_done = true,
+                    Err(_) => break RelayEnd::Error,
+                },
+                _ = &mut watchdog => break RelayEnd::IdleTimeout,
             }
         }
     };
-    let end = tokio::select! {
-        e = both => e,
-        e = watchdog => e,
-    };
+    if end != RelayEnd::Closed {
+        // Pass the failure on: a reset, not a polite FIN, so neither side waits for more.
+        // Reunited first: dropping a lone write half would send a FIN before the reset.
+        for stream in [cr.reunite(cw), sr.reunite(sw)].into_iter().flatten() {
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        }
+    }
     (end, RelayStats { to_server: up.load(Ordering::Relaxed), to_client: down.load(Ordering::Relaxed) })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::duplex;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// (application end, relay end) of a loopback TCP connection.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    async fn start(
+        idle: Duration,
+    ) -> (TcpStream, TcpStream, tokio::task::JoinHandle<(RelayEnd, RelayStats)>) {
+        let (client_app, client_side) = pair().await;
+        let (server_side, server_app) = pair().await;
+        let h = tokio::spawn(async move {
+            let (c1, c2) = (Counter::default(), Counter::default());
+            relay(client_side, server_side, idle, &c1, &c2).await
+        });
+        (client_app, server_app, h)
+    }
 
     #[tokio::test]
     async fn relays_both_ways_and_half_closes() {
-        let (client_app, client_side) = duplex(64);
-        let (server_side, server_app) = duplex(64);
-        let (c1, c2) = (Counter::default(), Counter::default());
-        let h =
-            tokio::spawn(
-                async move { relay(client_side, server_side, Duration::from_secs(5), &c1, &c2).await },
-            );
-        let (mut car, mut caw) = tokio::io::split(client_app);
-        let (mut sar, mut saw) = tokio::io::split(server_app);
-        caw.write_all(b"hello").await.unwrap();
-        caw.shutdown().await.unwrap(); // client half-closes
+        let (mut client, mut server, h) = start(Duration::from_secs(5)).await;
+        client.write_all(b"hello").await.unwrap();
+        client.shutdown().await.unwrap(); // client half-closes
         let mut got = Vec::new();
-        sar.read_to_end(&mut got).await.unwrap(); // server sees EOF after the data
+        server.read_to_end(&mut got).await.unwrap(); // server sees EOF after the data
         assert_eq!(got, b"hello");
-        saw.write_all(b"still talking").await.unwrap(); // the other half still works
-        saw.shutdown().await.unwrap();
+        server.write_all(b"still talking").await.unwrap(); // the other half still works
+        server.shutdown().await.unwrap();
         let mut back = Vec::new();
-        car.read_to_end(&mut back).await.unwrap();
+        client.read_to_end(&mut back).await.unwrap();
         assert_eq!(back, b"still talking");
         let (end, stats) = h.await.unwrap();
         assert_eq!(end, RelayEnd::Closed);
         assert_eq!((stats.to_server, stats.to_client), (5, 13));
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
+    async fn a_client_reset_resets_the_server_side_at_once() {
+        let (client, mut server, h) = start(Duration::from_secs(3600)).await;
+        socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(client); // RST
+        let (end, _) =
+            tokio::time::timeout(Duration::from_secs(5), h).await.expect("relay must end").unwrap();
+        assert_eq!(end, RelayEnd::Error);
+        let mut buf = [0u8; 8];
+        let r = tokio::time::timeout(Duration::from_secs(5), server.read(&mut buf)).await.unwrap();
+        assert!(matches!(&r, Err(e) if e.kind() == io::ErrorKind::ConnectionReset), "{r:?}");
+    }
+
+    #[tokio::test]
     async fn idle_timeout_counts_both_directions() {
-        let (client_app, client_side) = duplex(64);
-        let (server_side, server_app) = duplex(64);
-        let (c1, c2) = (Counter::default(), Counter::default());
-        let h =
-            tokio::spawn(
-                async move { relay(client_side, server_side, Duration::from_secs(10), &c1, &c2).await },
-            );
-        let (_car, mut caw) = tokio::io::split(client_app);
-        let (mut sar, _saw) = tokio::io::split(server_app);
-        for _ in 0..3 {
-            tokio::time::sleep(Duration::from_secs(7)).await;
-            caw.write_all(b"x").await.unwrap();
+        let (mut client, mut server, h) = start(Duration::from_millis(400)).await;
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            client.write_all(b"x").await.unwrap();
             let mut b = [0u8; 1];
-            sar.read_exact(&mut b).await.unwrap();
+            server.read_exact(&mut b).await.unwrap();
         }
-        assert!(!h.is_finished(), "activity every 7 s keeps a 10 s idle timeout away");
-        tokio::time::sleep(Duration::from_secs(11)).await;
-        let (end, _) = h.await.unwrap();
+        assert!(!h.is_finished(), "activity every 250 ms keeps a 400 ms idle timeout away");
+        let (end, _) = tokio::time::timeout(Duration::from_secs(5), h).await.unwrap().unwrap();
         assert_eq!(end, RelayEnd::IdleTimeout);
+    }
+
+    #[tokio::test]
+    async fn large_transfers_arrive_intact() {
+        let (client, mut server, h) = start(Duration::from_secs(5)).await;
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        let d2 = data.clone();
+        let (mut cr, mut cw) = client.into_split();
+        let w = tokio::spawn(async move {
+            cw.write_all(&d2).await.unwrap();
+            cw.shutdown().await.unwrap();
+        });
+        let mut got = Vec::new();
+        let (mut sr, mut sw) = server.split();
+        sr.read_to_end(&mut got).await.unwrap();
+        sw.shutdown().await.unwrap();
+        w.await.unwrap();
+        let mut rest = Vec::new();
+        cr.read_to_end(&mut rest).await.unwrap();
+        assert!(got == data);
+        assert_eq!(h.await.unwrap().1.to_server, 3_000_000);
     }
 }

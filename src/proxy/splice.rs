@@ -58,14 +58,41 @@ pub async fn relay_splice_with(
     to_client: &Counter,
     cfg: SpliceConfig,
 ) -> (RelayEnd, RelayStats) {
+    run(client, server, idle, to_server, to_client, cfg, Pipe::new).await
+}
+
+/// Makes a pipe of the requested size; a parameter so tests can simulate fd exhaustion.
+type PipeFactory = fn(Option<usize>) -> io::Result<Pipe>;
+
+async fn run(
+    client: TcpStream,
+    server: TcpStream,
+    idle: Duration,
+    to_server: &Counter,
+    to_client: &Counter,
+    cfg: SpliceConfig,
+    new_pipe: PipeFactory,
+) -> (RelayEnd, RelayStats) {
     let epoch = Instant::now();
     let last = AtomicU64::new(0);
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
 
     let both = async {
         let (a, b) = tokio::join!(
-            pump(&client, &server, cfg, Activity { last: &last, epoch, bytes: to_server, total: &up }),
-            pump(&server, &client, cfg, Activity { last: &last, epoch, bytes: to_client, total: &down })
+            pump(
+                &client,
+                &server,
+                cfg,
+                new_pipe,
+                Activity { last: &last, epoch, bytes: to_server, total: &up }
+            ),
+            pump(
+                &server,
+                &client,
+                cfg,
+                new_pipe,
+                Activity { last: &last, epoch, bytes: to_client, total: &down }
+            )
         );
         if a.is_ok() && b.is_ok() {
             RelayEnd::Closed
@@ -169,7 +196,16 @@ fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<us
 /// The pipe is only filled when it is empty, so EAGAIN from the socket-to-pipe splice always
 /// means "socket drained" and EAGAIN from the pipe-to-socket splice always means "socket full";
 /// `try_io` then clears exactly the readiness that is really gone.
-async fn pump(from: &TcpStream, to: &TcpStream, cfg: SpliceConfig, act: Activity<'_>) -> io::Result<()> {
+///
+/// If no pipe can be had (EMFILE/ENFILE under the process fd cap, ENOMEM), the burst is copied
+/// through a temporary userspace buffer instead: a live connection never fails for want of a pipe.
+async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    cfg: SpliceConfig,
+    new_pipe: PipeFactory,
+    act: Activity<'_>,
+) -> io::Result<()> {
     let mut pipe: Option<Pipe> = None;
     loop {
         let p = match &pipe {
@@ -179,7 +215,16 @@ async fn pump(from: &TcpStream, to: &TcpStream, cfg: SpliceConfig, act: Activity
                 if from.peek(&mut [0u8; 1]).await? == 0 {
                     break;
                 }
-                &*pipe.insert(Pipe::new(cfg.pipe_size)?)
+                match new_pipe(cfg.pipe_size) {
+                    Ok(p) => &*pipe.insert(p),
+                    Err(e) => {
+                        tracing::debug!("no pipe for splice ({e}), copying through userspace");
+                        if copy_burst(from, to, &act).await? {
+                            continue;
+                        }
+                        break;
+                    }
+                }
             }
         };
         let n = match from.try_io(Interest::READABLE, || splice(from.as_fd(), p.write.as_fd(), p.cap)) {
@@ -213,6 +258,37 @@ async fn pump(from: &TcpStream, to: &TcpStream, cfg: SpliceConfig, act: Activity
     drop(pipe);
     socket2::SockRef::from(to).shutdown(Shutdown::Write)
 }
+
+/// Fallback when no pipe is available: one read into a temporary buffer, written out in full.
+/// Returns false at EOF.
+async fn copy_burst(from: &TcpStream, to: &TcpStream, act: &Activity<'_>) -> io::Result<bool> {
+    let mut buf = vec![0u8; FALLBACK_BUF];
+    let n = loop {
+        from.readable().await?;
+        match from.try_read(&mut buf) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    let mut sent = 0;
+    while sent < n {
+        to.writable().await?;
+        match to.try_write(&buf[sent..n]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(k) => {
+                sent += k;
+                act.note(k);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n > 0)
+}
+
+/// Size of the temporary buffer used by [`copy_burst`].
+const FALLBACK_BUF: usize = 16 * 1024;
 
 #[cfg(test)]
 mod tests {
@@ -312,6 +388,70 @@ mod tests {
     #[tokio::test]
     async fn bulk_both_ways_single_thread() {
         bulk_both_ways(SpliceConfig::default()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_pipes_falls_back_to_copying() {
+        fn no_pipe(_: Option<usize>) -> io::Result<Pipe> {
+            Err(io::Error::from_raw_os_error(libc::EMFILE))
+        }
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client_app = TcpStream::connect(front.local_addr().unwrap()).await.unwrap();
+        let (client_side, _) = front.accept().await.unwrap();
+        let server_side = TcpStream::connect(back.local_addr().unwrap()).await.unwrap();
+        let (server_app, _) = back.accept().await.unwrap();
+        let (up, down) = (Counter::default(), Counter::default());
+        let (c1, c2) = (up.clone(), down.clone());
+        let relay = tokio::spawn(async move {
+            run(client_side, server_side, Duration::from_secs(10), &c1, &c2, SpliceConfig::default(), no_pipe)
+                .await
+        });
+        const N: usize = 2 * 1024 * 1024 + 3;
+        let (data, back_data) = (pattern(N, 3), pattern(N / 3, 4));
+        let (car, caw) = client_app.into_split();
+        let (sar, saw) = server_app.into_split();
+        let (_, _, at_server, at_client) = tokio::join!(
+            tokio::spawn(send_all(caw, data.clone())),
+            tokio::spawn(send_all(saw, back_data.clone())),
+            tokio::spawn(read_all(sar)),
+            tokio::spawn(read_all(car)),
+        );
+        assert_eq!(fnv(&at_server.unwrap()), fnv(&data));
+        assert_eq!(fnv(&at_client.unwrap()), fnv(&back_data));
+        let (end, stats) = relay.await.unwrap();
+        assert_eq!(end, RelayEnd::Closed);
+        assert_eq!((stats.to_server, stats.to_client), (N as u64, (N / 3) as u64));
+        assert_eq!((up.get(), down.get()), (N as u64, (N / 3) as u64));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_reader_backpressure_keeps_data_intact() {
+        let cfg = SpliceConfig { pipe_size: Some(256 * 1024), ..SpliceConfig::default() };
+        let r = rig(Duration::from_secs(10), cfg).await;
+        // Tiny receive buffer at the server: the pipe drains only partly and the writer
+        // side of the splice keeps hitting EAGAIN.
+        socket2::SockRef::from(&r.server_app).set_recv_buffer_size(4096).unwrap();
+        const N: usize = 3 * 1024 * 1024 + 5;
+        let data = pattern(N, 9);
+        let (_car, caw) = r.client_app.into_split();
+        let (mut sar, _saw) = r.server_app.into_split();
+        let sender = tokio::spawn(send_all(caw, data.clone()));
+        let mut got = Vec::with_capacity(N);
+        let mut buf = vec![0u8; 7000];
+        loop {
+            let n = sar.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if got.len() % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        sender.await.unwrap();
+        assert_eq!((got.len(), fnv(&got)), (N, fnv(&data)));
+        assert_eq!(r.to_server.get(), N as u64);
     }
 
     #[tokio::test]

@@ -2,7 +2,7 @@
 //! then the pool's algorithm), connect from the client's address or SNAT, relay until done.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -17,19 +17,27 @@ use crate::state::Service;
 /// Connect attempts per client connection (the first choice plus redispatches).
 const MAX_ATTEMPTS: usize = 3;
 
-/// Accepts on one transparent listener until `stop` turns true.
+/// Accepts on one transparent listener. Once `stop` turns true it keeps accepting but resets
+/// every new connection, so that during the drain clients get a fast refusal instead of SYNs
+/// that the still-installed tproxy rule diverts to nobody; the runtime aborts the task after.
 pub async fn accept_loop(
     listener: TcpListener,
     service: Arc<Service>,
     drain: Arc<Drain>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = stop.changed() => return,
-        };
-        match accepted {
+        match listener.accept().await {
+            Ok((stream, peer)) if *stop.borrow() => {
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                tracing::debug!(service = %service.config.name, client = %peer, "stopping: connection reset");
+            }
+            Ok((stream, peer)) if peer.ip().is_loopback() => {
+                // Only TPROXY diverts here; a local process dialling the internal port directly
+                // would make us "transparently" bind 127.0.0.1 towards the servers.
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                tracing::debug!(service = %service.config.name, client = %peer, "direct loopback connection refused");
+            }
             Ok((stream, peer)) => {
                 let guard = drain.enter();
                 let svc = service.clone();
@@ -41,7 +49,7 @@ pub async fn accept_loop(
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
                 tracing::warn!(service = %service.config.name, "accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
@@ -66,23 +74,24 @@ async fn handle(client_stream: TcpStream, client: ClientAddr, svc: &Service) {
     let mut tried: Vec<usize> = Vec::with_capacity(MAX_ATTEMPTS);
     while tried.len() < MAX_ATTEMPTS {
         let Some(i) = svc.choose(client.ip(), &tried, Instant::now()) else { break };
-        let server = svc.pool.servers[i].clone();
+        let server = svc.default_pool().servers[i].clone();
         let target = server.target(orig.port());
-        let guard = ActiveGuard::new(server.clone());
+        let mut guard = ActiveGuard::new(server.clone());
         match connect_upstream(target, source, svc.config.connect_timeout).await {
             Ok(upstream) => {
-                server.metrics.connections.inc();
-                let (end, stats) = relay(
+                guard.connected();
+                let relaying = relay(
                     client_stream,
                     upstream,
                     svc.config.idle_timeout,
                     &server.metrics.bytes_to_server,
                     &server.metrics.bytes_to_client,
-                )
-                .await;
+                );
+                let (end, stats) = keep_sticky_alive(svc, client, relaying).await;
+                svc.touch_sticky(client.ip());
                 drop(guard);
                 tracing::info!(
-                    service = %svc.config.name, %client, dst = %orig, pool = %svc.pool.name, server = %server.label,
+                    service = %svc.config.name, %client, dst = %orig, pool = %svc.default_pool().name, server = %server.label,
                     bytes_to_server = stats.to_server, bytes_to_client = stats.to_client,
                     duration_ms = started.elapsed().as_millis() as u64, end = end.as_str(), "connection"
                 );
@@ -96,10 +105,34 @@ async fn handle(client_stream: TcpStream, client: ClientAddr, svc: &Service) {
         }
     }
     svc.metrics.no_server.inc();
-    tracing::warn!(
-        service = %svc.config.name, %client, dst = %orig, pool = %svc.pool.name, tried = tried.len(),
-        "no server available: connection refused"
-    );
+    if svc.no_server_log.allow() {
+        tracing::warn!(
+            service = %svc.config.name, %client, dst = %orig, pool = %svc.default_pool().name, tried = tried.len(),
+            suppressed = svc.no_server_log.take_suppressed(),
+            "no server available: connection refused"
+        );
+    }
     // Reset rather than a polite FIN: the client must see a refusal, not an empty answer.
-    let _ = socket2::SockRef::from(&client_stream).set_linger(Some(std::time::Duration::ZERO));
+    let _ = socket2::SockRef::from(&client_stream).set_linger(Some(Duration::ZERO));
+}
+
+/// Runs `fut` while refreshing the client's stickiness entry, so an Outlook session open for
+/// longer than `expire` keeps its later connections on the same server.
+async fn keep_sticky_alive<T>(
+    svc: &Service,
+    client: ClientAddr,
+    fut: impl std::future::Future<Output = T>,
+) -> T {
+    let Some(expire) = svc.config.sticky.as_ref().filter(|s| s.table().is_some()).map(|s| s.expire) else {
+        return fut.await;
+    };
+    tokio::pin!(fut);
+    let mut every = tokio::time::interval(expire / 2);
+    every.tick().await;
+    loop {
+        tokio::select! {
+            r = &mut fut => return r,
+            _ = every.tick() => svc.touch_sticky(client.ip()),
+        }
+    }
 }
