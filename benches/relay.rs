@@ -547,8 +547,8 @@ fn main() {
 
     println!("\n== summary: median of {rounds} rounds ({secs} s each), ratio to copy_bidirectional ==");
     println!(
-        "{:<8} {:<22} {:>10} {:>8} {:>12} {:>8}   {}",
-        "streams", "variant", "Gbit/s", "ratio", "CPU-s/GB", "ratio", "all rounds (Gbit/s)"
+        "{:<8} {:<22} {:>10} {:>8} {:>12} {:>8}   all rounds (Gbit/s)",
+        "streams", "variant", "Gbit/s", "ratio", "CPU-s/GB", "ratio"
     );
     for streams in [1usize, 8] {
         let med = |v: Variant| {

@@ -8,6 +8,8 @@ PACKAGES=(
   libnftnl-dev libmnl-dev pkg-config
   curl                       # admin API checks in the lab tests
   prometheus                 # promtool, to validate /metrics
+  nginx-light                # HTTP/HTTPS backends in the L7 lab tests
+  nghttp2-client             # h2load, an HTTP/2 client for the L7 lab tests
   ca-certificates
 )
 
@@ -32,6 +34,6 @@ for m in nft_tproxy nft_socket nf_tproxy_ipv4 nf_tproxy_ipv6 veth bridge; do
   modprobe -q "$m" 2>/dev/null || true
 done
 
-for tool in nft ip curl promtool cargo; do
+for tool in nft ip curl promtool nginx h2load cargo; do
   command -v "$tool" >/dev/null || { echo "scripts/deps.sh: $tool not found after install" >&2; exit 1; }
 done

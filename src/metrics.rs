@@ -27,7 +27,24 @@ pub struct BytesLabels {
     pub direction: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub service: String,
+    pub pool: String,
+    pub server: String,
+    /// Status class: 1xx .. 5xx.
+    pub code: &'static str,
+}
+
 type HistogramFamily = Family<BackendLabels, Histogram, fn() -> Histogram>;
+type ServiceHistogramFamily = Family<ServiceLabels, Histogram, fn() -> Histogram>;
+
+fn request_histogram() -> Histogram {
+    // 1 ms .. ~1 h: answers from cache to ActiveSync long-polls.
+    Histogram::new(exponential_buckets(0.001, 2.0, 22))
+}
+
+pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 fn check_histogram() -> Histogram {
     // 0.5 ms .. ~4 s: a local check answers in under a millisecond, a sick one near its timeout.
@@ -45,6 +62,53 @@ pub struct Metrics {
     backend_connect_errors: Family<BackendLabels, Counter>,
     backend_check_duration: HistogramFamily,
     backend_check_failures: Family<BackendLabels, Counter>,
+    http_requests: Family<RequestLabels, Counter>,
+    http_request_duration: ServiceHistogramFamily,
+    http_generated: Family<GeneratedLabels, Counter>,
+    http_connection_errors: Family<ServiceLabels, Counter>,
+    http2_active_streams: Family<ServiceLabels, Gauge>,
+    tls_handshakes: Family<ServiceLabels, Counter>,
+    tls_handshake_failures: Family<ServiceLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GeneratedLabels {
+    pub service: String,
+    /// 502, 503, 504, 301 (redirect), 400 ...
+    pub status: u16,
+}
+
+/// Handles for one HTTP service, cached in the running state.
+#[derive(Clone)]
+pub struct HttpServiceMetrics {
+    pub duration: Histogram,
+    pub connection_errors: Counter,
+    pub h2_streams: Gauge,
+    pub tls_handshakes: Counter,
+    pub tls_failures: Counter,
+    service: String,
+    generated: Family<GeneratedLabels, Counter>,
+    requests: Family<RequestLabels, Counter>,
+}
+
+impl HttpServiceMetrics {
+    /// Per-server request counters by status class, created once per (pool, server).
+    pub fn server_requests(&self, pool: &str, server: &str) -> [Counter; 5] {
+        CODE_CLASSES.map(|code| {
+            let l = RequestLabels {
+                service: self.service.clone(),
+                pool: pool.into(),
+                server: server.into(),
+                code,
+            };
+            self.requests.get_or_create(&l).clone()
+        })
+    }
+
+    /// Counts a response portier produced itself (no server involved).
+    pub fn generated(&self, status: u16) {
+        self.generated.get_or_create(&GeneratedLabels { service: self.service.clone(), status }).inc();
+    }
 }
 
 /// Handles for one service, cached in the running state.
@@ -86,6 +150,13 @@ impl Metrics {
             backend_connect_errors: Family::default(),
             backend_check_duration: Family::new_with_constructor(check_histogram),
             backend_check_failures: Family::default(),
+            http_requests: Family::default(),
+            http_request_duration: Family::new_with_constructor(request_histogram),
+            http_generated: Family::default(),
+            http_connection_errors: Family::default(),
+            http2_active_streams: Family::default(),
+            tls_handshakes: Family::default(),
+            tls_handshake_failures: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -121,7 +192,61 @@ impl Metrics {
             m.backend_check_duration.clone(),
         );
         registry.register("backend_check_failures", "Failed health checks", m.backend_check_failures.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests answered by a server, by status class",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request duration, request start to response end",
+            m.http_request_duration.clone(),
+        );
+        registry.register(
+            "http_responses_generated",
+            "Responses portier produced itself (errors, redirects)",
+            m.http_generated.clone(),
+        );
+        registry.register(
+            "http_connection_errors",
+            "Client connections that ended in a protocol error (malformed HTTP, oversized headers, timeouts)",
+            m.http_connection_errors.clone(),
+        );
+        registry.register(
+            "http2_active_streams",
+            "HTTP/2 requests in flight",
+            m.http2_active_streams.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes completed with clients",
+            m.tls_handshakes.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes with clients that failed",
+            m.tls_handshake_failures.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    pub fn http_service(&self, service: &str) -> HttpServiceMetrics {
+        let l = ServiceLabels { service: service.to_string() };
+        let duration = self.http_request_duration.get_or_create(&l).clone();
+        let connection_errors = self.http_connection_errors.get_or_create(&l).clone();
+        let h2_streams = self.http2_active_streams.get_or_create(&l).clone();
+        let tls_handshakes = self.tls_handshakes.get_or_create(&l).clone();
+        let tls_failures = self.tls_handshake_failures.get_or_create(&l).clone();
+        HttpServiceMetrics {
+            duration,
+            connection_errors,
+            h2_streams,
+            tls_handshakes,
+            tls_failures,
+            service: service.to_string(),
+            generated: self.http_generated.clone(),
+            requests: self.http_requests.clone(),
+        }
     }
 
     pub fn service(&self, service: &str) -> ServiceMetrics {

@@ -9,10 +9,11 @@ use tokio::sync::watch;
 
 use crate::admin::{self, Admin};
 use crate::config::Config;
+use crate::config::Mode;
 use crate::intercept;
 use crate::metrics::Metrics;
 use crate::net::transparent_listener;
-use crate::proxy::{tcp, Drain};
+use crate::proxy::{http, tcp, Drain};
 use crate::state::State;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,20 +26,26 @@ pub enum RuntimeError {
     Intercept(#[from] intercept::InterceptError),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
-    #[error("service {service}: mode {mode} is not available in this build yet")]
-    Unsupported { service: String, mode: &'static str },
+    #[error("{0}")]
+    Http(#[from] crate::proxy::http::HttpSetupError),
 }
 
 /// Runs portier until SIGTERM or SIGINT, then stops gracefully.
 pub async fn run(config: Config) -> Result<(), RuntimeError> {
-    if let Some(s) = config.services.iter().find(|s| s.mode != crate::config::Mode::Tcp) {
-        return Err(RuntimeError::Unsupported { service: s.name.clone(), mode: s.mode.as_str() });
-    }
     let metrics = Arc::new(Metrics::new());
     let state = Arc::new(State::build(config, &metrics));
     let config = state.config.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let drain = Arc::new(Drain::default());
+
+    // Certificates and upstream TLS are loaded before anything is installed: a bad file stops
+    // the start with its name, and nothing is left behind.
+    let upstream = Arc::new(http::UpstreamPool::default());
+    let mut http_services = std::collections::HashMap::new();
+    for svc in state.services.iter().filter(|s| s.config.mode.is_http() || s.config.mode == Mode::Redirect) {
+        let hs = http::HttpService::build(svc.clone(), &config, &metrics, upstream.clone())?;
+        http_services.insert(svc.config.name.clone(), Arc::new(hs));
+    }
 
     // Listeners first, rules second: a rule with no listener behind it drops SYNs.
     let mut listeners = Vec::new();
@@ -83,22 +90,38 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
 
     let mut accepting = Vec::new();
     for (l, svc) in listeners {
-        accepting.push(tokio::spawn(tcp::accept_loop(l, svc, drain.clone(), stop_rx.clone())));
+        let task = match svc.config.mode {
+            Mode::Tcp | Mode::Tls => tokio::spawn(tcp::accept_loop(l, svc, drain.clone(), stop_rx.clone())),
+            Mode::Http | Mode::Https | Mode::Redirect => {
+                let hs = http_services.get(&svc.config.name).expect("built for every L7 service").clone();
+                tokio::spawn(http::accept_loop(l, hs, drain.clone(), stop_rx.clone()))
+            }
+        };
+        accepting.push(task);
     }
+    let pool_for_purge = upstream.clone();
     let mut tasks = Vec::new();
     tasks.extend(crate::health::driver::spawn_all(&state, stop_rx.clone()));
     let admin = Arc::new(Admin { metrics: metrics.clone(), state: state.clone() });
     tasks.push(tokio::spawn(admin::serve(admin_listener, admin, stop_rx.clone())));
-    tasks.push(tokio::spawn(purge_sticky(state.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(purge_sticky(state.clone(), pool_for_purge, stop_rx.clone())));
 
     let mut sighup = signal(SignalKind::hangup()).map_err(RuntimeError::Signal)?;
     let why = loop {
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
-            // Reload is not there yet; SIGHUP's default action would kill portier and leave
-            // its rules behind, so it is caught and explained.
-            _ = sighup.recv() => tracing::warn!("SIGHUP: configuration reload is not implemented yet; restart portier to apply changes (SIGTERM drains first)"),
+            // SIGHUP re-reads the certificates; reloading the rest of the configuration is not
+            // there yet (and SIGHUP's default action would kill portier, leaving its rules).
+            _ = sighup.recv() => {
+                for hs in http_services.values().filter(|h| h.acceptor.is_some()) {
+                    match hs.reload_certificates() {
+                        Ok(()) => tracing::info!(service = %hs.svc.config.name, "SIGHUP: certificates reloaded"),
+                        Err(e) => tracing::error!(service = %hs.svc.config.name, "SIGHUP: certificates NOT reloaded, the running ones stay: {e}"),
+                    }
+                }
+                tracing::info!("SIGHUP: other configuration changes need a restart (SIGTERM drains first)");
+            }
         }
     };
     let limit = config.global.drain_timeout;
@@ -126,7 +149,7 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-async fn purge_sticky(state: Arc<State>, mut stop: watch::Receiver<bool>) {
+async fn purge_sticky(state: Arc<State>, upstream: Arc<http::UpstreamPool>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(30)) => {}
@@ -139,5 +162,6 @@ async fn purge_sticky(state: Arc<State>, mut stop: watch::Receiver<bool>) {
         for t in &state.cookie_tables {
             t.purge(now);
         }
+        upstream.purge();
     }
 }

@@ -84,20 +84,20 @@ impl Service {
     }
 
     /// Picks a server of `pool` for `client`, skipping `tried` (failed connects of this
-    /// request or connection). A `preferred` server (from a cookie) or the client-IP table's
-    /// entry is honoured while usable, otherwise the pool's algorithm chooses again, and a
-    /// client-IP table is updated with the choice.
+    /// request or connection). A `preferred` server index (from a cookie) or the client-IP
+    /// table's entry is honoured while usable, otherwise the pool's algorithm chooses again,
+    /// and a client-IP table is updated with the choice.
     pub fn choose_in(
         &self,
         pool: &Pool,
         client: IpAddr,
-        preferred: Option<IpAddr>,
+        preferred: Option<usize>,
         tried: &[usize],
         now: Instant,
     ) -> Option<usize> {
         let usable = |i: usize| self.family_ok(pool, i, client) && !tried.contains(&i);
         let ok = |i: usize| pool.servers[i].is_up() && usable(i);
-        let pick = || match preferred.and_then(|ip| pool.index_of(ip)) {
+        let pick = || match preferred {
             Some(i) if ok(i) => Some(i),
             _ => pool.pick(client, usable),
         };

@@ -1,5 +1,6 @@
 //! Proxies: the transparent L4 TCP relay (HTTP comes with the L7 work).
 
+pub mod http;
 pub mod relay;
 pub mod sni;
 pub mod splice;

@@ -307,12 +307,20 @@ mod tests {
 
     /// client_app <-> [client_side | relay_splice | server_side] <-> server_app, on loopback.
     async fn rig(idle: Duration, cfg: SpliceConfig) -> Rig {
+        rig_with(idle, cfg, None).await
+    }
+
+    /// `upstream_sndbuf` shrinks the relay's send buffer towards the server.
+    async fn rig_with(idle: Duration, cfg: SpliceConfig, upstream_sndbuf: Option<usize>) -> Rig {
         let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client_app = TcpStream::connect(front.local_addr().unwrap()).await.unwrap();
         let (client_side, _) = front.accept().await.unwrap();
         let server_side = TcpStream::connect(back.local_addr().unwrap()).await.unwrap();
         let (server_app, _) = back.accept().await.unwrap();
+        if let Some(size) = upstream_sndbuf {
+            socket2::SockRef::from(&server_side).set_send_buffer_size(size).unwrap();
+        }
         let (to_server, to_client) = (Counter::default(), Counter::default());
         let (up, down) = (to_server.clone(), to_client.clone());
         let relay =
@@ -428,25 +436,26 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn slow_reader_backpressure_keeps_data_intact() {
         let cfg = SpliceConfig { pipe_size: Some(256 * 1024), ..SpliceConfig::default() };
-        let r = rig(Duration::from_secs(10), cfg).await;
-        // Tiny receive buffer at the server: the pipe drains only partly and the writer
-        // side of the splice keeps hitting EAGAIN.
-        socket2::SockRef::from(&r.server_app).set_recv_buffer_size(4096).unwrap();
-        const N: usize = 3 * 1024 * 1024 + 5;
+        // Small send buffer towards a slow server: a 256 KiB pipe drains only partly and the
+        // pipe-to-socket splice keeps hitting EAGAIN.
+        let r = rig_with(Duration::from_secs(10), cfg, Some(16 * 1024)).await;
+        const N: usize = 1024 * 1024 + 5;
         let data = pattern(N, 9);
         let (_car, caw) = r.client_app.into_split();
         let (mut sar, _saw) = r.server_app.into_split();
         let sender = tokio::spawn(send_all(caw, data.clone()));
         let mut got = Vec::with_capacity(N);
         let mut buf = vec![0u8; 7000];
+        let mut reads = 0u32;
         loop {
             let n = sar.read(&mut buf).await.unwrap();
             if n == 0 {
                 break;
             }
             got.extend_from_slice(&buf[..n]);
-            if got.len() % 50 == 0 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
+            reads += 1;
+            if reads % 16 == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await; // let the pipe back up
             }
         }
         sender.await.unwrap();

@@ -1,4 +1,4 @@
-//! The transparent L4 proxy: accept an intercepted connection, choose a server (stickiness,
+//! The transparent L4 proxy (and TLS passthrough routed by SNI): accept an intercepted connection, choose a server (stickiness,
 //! then the pool's algorithm), connect from the client's address or SNAT, relay until done.
 
 use std::sync::Arc;
@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::http::route::route;
 use super::relay::relay;
+use super::sni::peek_client_hello;
 use super::Drain;
 use crate::balance::ActiveGuard;
-use crate::config::Source;
+use crate::config::{Mode, Source};
 use crate::net::{connect_upstream, ClientAddr, OrigDstAddr, UpstreamSource};
 use crate::state::Service;
 
@@ -65,6 +67,23 @@ async fn handle(client_stream: TcpStream, client: ClientAddr, svc: &Service) {
         }
     };
     let _ = client_stream.set_nodelay(true);
+    let pool = if svc.config.mode == Mode::Tls {
+        // Passthrough: route by the ClientHello's SNI, which stays in the socket for the server.
+        match peek_client_hello(&client_stream, svc.config.connect_timeout.max(Duration::from_secs(5))).await
+        {
+            Ok(hello) => {
+                let host = hello.server_name.as_deref();
+                route(&svc.routes, host, "/").unwrap_or_else(|| svc.default_pool()).clone()
+            }
+            Err(e) => {
+                tracing::debug!(service = %svc.config.name, %client, "no usable TLS ClientHello: {e}");
+                let _ = socket2::SockRef::from(&client_stream).set_linger(Some(Duration::ZERO));
+                return;
+            }
+        }
+    } else {
+        svc.default_pool().clone()
+    };
     let source = match svc.config.source {
         Source::Client => UpstreamSource::Client(client.ip()),
         Source::Balancer => UpstreamSource::Kernel,
@@ -73,8 +92,8 @@ async fn handle(client_stream: TcpStream, client: ClientAddr, svc: &Service) {
     let started = Instant::now();
     let mut tried: Vec<usize> = Vec::with_capacity(MAX_ATTEMPTS);
     while tried.len() < MAX_ATTEMPTS {
-        let Some(i) = svc.choose(client.ip(), &tried, Instant::now()) else { break };
-        let server = svc.default_pool().servers[i].clone();
+        let Some(i) = svc.choose_in(&pool, client.ip(), None, &tried, Instant::now()) else { break };
+        let server = pool.servers[i].clone();
         let target = server.target(orig.port());
         let mut guard = ActiveGuard::new(server.clone());
         match connect_upstream(target, source, svc.config.connect_timeout).await {
@@ -91,7 +110,7 @@ async fn handle(client_stream: TcpStream, client: ClientAddr, svc: &Service) {
                 svc.touch_sticky(client.ip());
                 drop(guard);
                 tracing::info!(
-                    service = %svc.config.name, %client, dst = %orig, pool = %svc.default_pool().name, server = %server.label,
+                    service = %svc.config.name, %client, dst = %orig, pool = %pool.name, server = %server.label,
                     bytes_to_server = stats.to_server, bytes_to_client = stats.to_client,
                     duration_ms = started.elapsed().as_millis() as u64, end = end.as_str(), "connection"
                 );
@@ -107,7 +126,7 @@ async fn handle(client_stream: TcpStream, client: ClientAddr, svc: &Service) {
     svc.metrics.no_server.inc();
     if svc.no_server_log.allow() {
         tracing::warn!(
-            service = %svc.config.name, %client, dst = %orig, pool = %svc.default_pool().name, tried = tried.len(),
+            service = %svc.config.name, %client, dst = %orig, pool = %pool.name, tried = tried.len(),
             suppressed = svc.no_server_log.take_suppressed(),
             "no server available: connection refused"
         );

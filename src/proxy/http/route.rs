@@ -41,7 +41,11 @@ pub fn path_matches(prefix: &str, path: &str) -> bool {
 }
 
 /// First matching route's pool, else None (the caller uses the service's pool).
-pub fn route<'a>(routes: &'a [(RouteConfig, Arc<Pool>)], host: Option<&str>, path: &str) -> Option<&'a Arc<Pool>> {
+pub fn route<'a>(
+    routes: &'a [(RouteConfig, Arc<Pool>)],
+    host: Option<&str>,
+    path: &str,
+) -> Option<&'a Arc<Pool>> {
     routes.iter().find_map(|(r, pool)| {
         let host_ok = match (&r.host, host) {
             (None, _) => true,

@@ -1,0 +1,142 @@
+//! Bodies that stream through portier without buffering: the request body counts what the
+//! client uploads; the response body counts what it downloads and, when it ends, finishes
+//! the exchange (pooled connection back, metrics, access log).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
+
+/// The client's request body on its way to the server.
+pub struct RequestBody {
+    inner: Incoming,
+    seen: Arc<AtomicU64>,
+    counter: Counter,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, seen: Arc<AtomicU64>, counter: Counter) -> Self {
+        RequestBody { inner, seen, counter }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r {
+            if let Some(d) = f.data_ref() {
+                self.seen.fetch_add(d.len() as u64, Ordering::Relaxed);
+                self.counter.inc_by(d.len() as u64);
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What to do once a response has been sent (or abandoned).
+pub trait Finish: Send + 'static {
+    /// `bytes` sent to the client; `complete` is false when the body was cut short.
+    fn finish(self: Box<Self>, bytes: u64, complete: bool);
+}
+
+enum Kind {
+    Full(Option<Bytes>),
+    Stream(Incoming),
+}
+
+pub struct ResponseBody {
+    kind: Kind,
+    sent: u64,
+    counter: Option<Counter>,
+    finish: Option<Box<dyn Finish>>,
+}
+
+impl ResponseBody {
+    /// A body portier wrote itself (errors, redirects).
+    pub fn full(text: impl Into<Bytes>, finish: Option<Box<dyn Finish>>) -> Self {
+        ResponseBody { kind: Kind::Full(Some(text.into())), sent: 0, counter: None, finish }
+    }
+
+    /// A server's body, streamed.
+    pub fn stream(inner: Incoming, counter: Counter, finish: Box<dyn Finish>) -> Self {
+        ResponseBody { kind: Kind::Stream(inner), sent: 0, counter: Some(counter), finish: Some(finish) }
+    }
+
+    fn end(&mut self, complete: bool) {
+        if let Some(f) = self.finish.take() {
+            f.finish(self.sent, complete);
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let r = match &mut this.kind {
+            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Stream(inner) => Pin::new(inner).poll_frame(cx),
+        };
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.sent += d.len() as u64;
+                    if let Some(c) = &this.counter {
+                        c.inc_by(d.len() as u64);
+                    }
+                }
+            }
+            Poll::Ready(None) => this.end(true),
+            Poll::Ready(Some(Err(_))) => this.end(false),
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Stream(inner) => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Stream(inner) => inner.size_hint(),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // A body dropped before its end: the client went away, or hyper gave up on it.
+        let complete = self.is_end_stream();
+        self.end(complete);
+    }
+}

@@ -1,0 +1,339 @@
+//! One request: route, choose a server (cookie, server cookie or client IP stickiness), get
+//! an upstream connection (pooled or new, retried on another server while nothing was sent),
+//! forward head and streamed body, stream the response back, then finish the exchange.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode, Version};
+use hyper_util::rt::TokioIo;
+
+use super::body::{Finish, RequestBody, ResponseBody};
+use super::log::{format, AccessRecord};
+use super::route::{cookie, route, set_cookie_value};
+use super::upstream::{connect, UpstreamKey};
+use super::{ConnState, HttpService, InFlight};
+use crate::balance::{ActiveGuard, Pool, Server};
+use crate::config::{Mode, Source};
+use crate::net::{ClientAddr, OrigDstAddr, UpstreamSource};
+use crate::state::Sticky;
+
+const MAX_ATTEMPTS: usize = 3;
+
+/// Request facts kept for the access log.
+struct Facts {
+    started: Instant,
+    client: ClientAddr,
+    host: String,
+    method: String,
+    path: String,
+    h2: bool,
+}
+
+struct Exchange {
+    hs: Arc<HttpService>,
+    facts: Facts,
+    status: u16,
+    server: Option<Arc<Server>>,
+    bytes_in: Arc<AtomicU64>,
+    reuse: Option<(UpstreamKey, SendRequest<RequestBody>)>,
+    _active: Option<ActiveGuard>,
+    _in_flight: InFlight,
+}
+
+impl Finish for Exchange {
+    fn finish(self: Box<Self>, bytes_out: u64, complete: bool) {
+        let this = *self;
+        if let (true, Some((key, sender))) = (complete, this.reuse) {
+            this.hs.upstream.checkin(key, sender);
+        }
+        let duration = this.facts.started.elapsed();
+        this.hs.metrics.duration.observe(duration.as_secs_f64());
+        if this.facts.h2 {
+            this.hs.metrics.h2_streams.dec();
+        }
+        let rec = AccessRecord {
+            service: &this.hs.svc.config.name,
+            client: this.facts.client.0,
+            host: &this.facts.host,
+            method: &this.facts.method,
+            path: &this.facts.path,
+            status: this.status,
+            bytes_in: this.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
+            bytes_out,
+            server: this.server.as_ref().map(|s| s.label.as_str()).unwrap_or("-"),
+            duration,
+            complete,
+        };
+        if let Some(line) = format(&rec, this.hs.svc.config.access_log) {
+            tracing::info!(target: "portier::access", "{line}");
+        }
+    }
+}
+
+fn hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for n in listed {
+        headers.remove(n);
+    }
+    for n in ["keep-alive", "proxy-connection", "te", "trailer"] {
+        headers.remove(n);
+    }
+    if !keep_upgrade {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.to_str().map(|s| s.to_ascii_lowercase().contains("upgrade")).unwrap_or(false))
+}
+
+fn plain(
+    hs: &Arc<HttpService>,
+    facts: Facts,
+    in_flight: InFlight,
+    status: StatusCode,
+    text: String,
+) -> Response<ResponseBody> {
+    hs.metrics.generated(status.as_u16());
+    let finish = Exchange {
+        hs: hs.clone(),
+        facts,
+        status: status.as_u16(),
+        server: None,
+        bytes_in: Arc::new(AtomicU64::new(0)),
+        reuse: None,
+        _active: None,
+        _in_flight: in_flight,
+    };
+    let mut r = Response::new(ResponseBody::full(text, Some(Box::new(finish))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// The server (index in `pool`) a cookie designates, for cookie and server-cookie stickiness.
+fn preferred(hs: &HttpService, pool: &Pool, headers: &HeaderMap, now: Instant) -> Option<usize> {
+    let cookies = || headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes());
+    match hs.svc.sticky.as_ref()? {
+        Sticky::Cookie { name, .. } => cookie(cookies(), name).and_then(|v| pool.index_of_cookie(v)),
+        Sticky::ServerCookie { name, table } => {
+            cookie(cookies(), name).and_then(|v| table.get(v, now)).and_then(|ip| pool.index_of(ip))
+        }
+        Sticky::ClientIp(_) => None,
+    }
+}
+
+pub async fn handle(
+    mut req: Request<Incoming>,
+    client: ClientAddr,
+    orig: OrigDstAddr,
+    hs: Arc<HttpService>,
+    conn: Arc<ConnState>,
+) -> Response<ResponseBody> {
+    let in_flight = InFlight::new(conn);
+    let h2 = req.version() == Version::HTTP_2;
+    if h2 {
+        hs.metrics.h2_streams.inc();
+    }
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .unwrap_or_default();
+    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+    let facts = Facts { started: Instant::now(), client, host, method: req.method().to_string(), path, h2 };
+    let svc = &hs.svc;
+
+    if svc.config.mode == Mode::Redirect {
+        if facts.host.is_empty() || facts.host.contains(['/', ' ', '@']) {
+            return plain(&hs, facts, in_flight, StatusCode::BAD_REQUEST, "no usable Host header\n".into());
+        }
+        let host = super::route::bare_host(&facts.host).to_string();
+        let host = if host.contains(':') { format!("[{host}]") } else { host };
+        let location = format!("https://{host}{}", facts.path);
+        let mut r =
+            plain(&hs, facts, in_flight, StatusCode::MOVED_PERMANENTLY, format!("moved to {location}\n"));
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        return r;
+    }
+
+    let pool = route(&svc.routes, (!facts.host.is_empty()).then_some(facts.host.as_str()), req.uri().path())
+        .unwrap_or_else(|| svc.default_pool())
+        .clone();
+    let tls = hs.upstream_tls.get(&pool.name);
+    let source = match svc.config.source {
+        Source::Client => UpstreamSource::Client(client.ip()),
+        Source::Balancer => UpstreamSource::Kernel,
+        Source::Address(ip) => UpstreamSource::Fixed(ip),
+    };
+    let now = Instant::now();
+    let hint = preferred(&hs, &pool, req.headers(), now);
+
+    // Choose and connect; nothing has been sent yet, so a failure may try another server.
+    let mut tried: Vec<usize> = Vec::with_capacity(MAX_ATTEMPTS);
+    let mut last_error = String::new();
+    let (i, server, key, mut sender, mut guard) = loop {
+        if tried.len() >= MAX_ATTEMPTS {
+            let text = format!(
+                "502 bad gateway: no server of pool {} accepted the connection ({last_error})\n",
+                pool.name
+            );
+            return plain(&hs, facts, in_flight, StatusCode::BAD_GATEWAY, text);
+        }
+        let Some(i) = svc.choose_in(&pool, client.ip(), hint, &tried, now) else {
+            svc.metrics.no_server.inc();
+            if tried.is_empty() {
+                if svc.no_server_log.allow() {
+                    tracing::warn!(service = %svc.config.name, pool = %pool.name, %client, "no server available: 503");
+                }
+                let text = format!("503 service unavailable: no server of pool {} is up\n", pool.name);
+                return plain(&hs, facts, in_flight, StatusCode::SERVICE_UNAVAILABLE, text);
+            }
+            let text = format!(
+                "502 bad gateway: no server of pool {} accepted the connection ({last_error})\n",
+                pool.name
+            );
+            return plain(&hs, facts, in_flight, StatusCode::BAD_GATEWAY, text);
+        };
+        let server = pool.servers[i].clone();
+        let key = UpstreamKey { server: server.target(orig.port()), source, tls: tls.is_some() };
+        let guard = ActiveGuard::new(server.clone());
+        let pooled = hs.upstream.checkout(&key);
+        let sender = match pooled {
+            Some(s) => Ok(s),
+            None => connect(&key, tls, svc.config.connect_timeout).await,
+        };
+        match sender {
+            Ok(mut s) => match s.ready().await {
+                Ok(()) => break (i, server, key, s, guard),
+                Err(e) => last_error = format!("{}: {e}", server.label),
+            },
+            Err(e) => {
+                server.metrics.connect_errors.inc();
+                tracing::warn!(service = %svc.config.name, %client, server = %server.label, "upstream failed, trying another server: {e}");
+                last_error = e.to_string();
+            }
+        }
+        tried.push(i);
+    };
+    guard.connected();
+
+    let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    hop_by_hop(&mut parts.headers, client_upgrade.is_some());
+    if !parts.headers.contains_key(header::HOST) && !facts.host.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&facts.host) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    if svc.config.source != Source::Client {
+        // The server cannot see the client: tell it, in the old and the standard header.
+        let ip = client.ip();
+        let _ = HeaderValue::from_str(&ip.to_string()).map(|v| parts.headers.append("x-forwarded-for", v));
+        parts.headers.insert("x-forwarded-proto", HeaderValue::from_static(hs.scheme));
+        let for_ = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
+        let fwd = format!("for={for_};proto={}", hs.scheme);
+        let _ = HeaderValue::from_str(&fwd).map(|v| parts.headers.append("forwarded", v));
+    }
+    parts.version = Version::HTTP_11;
+    parts.uri = facts.path.parse().unwrap_or_else(|_| hyper::Uri::from_static("/"));
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let up_req = Request::from_parts(
+        parts,
+        RequestBody::new(body, bytes_in.clone(), server.metrics.bytes_to_server.clone()),
+    );
+
+    let timeout = svc.config.response_timeout;
+    let resp = match tokio::time::timeout(timeout, sender.send_request(up_req)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::warn!(service = %svc.config.name, %client, server = %server.label, "server response failed: {e}");
+            let text = format!("502 bad gateway: server {} failed: {e}\n", server.label);
+            return plain(&hs, facts, in_flight, StatusCode::BAD_GATEWAY, text);
+        }
+        Err(_) => {
+            tracing::warn!(service = %svc.config.name, %client, server = %server.label, "no response within {timeout:?}");
+            let text =
+                format!("504 gateway timeout: server {} did not answer within {timeout:?}\n", server.label);
+            return plain(&hs, facts, in_flight, StatusCode::GATEWAY_TIMEOUT, text);
+        }
+    };
+    let mut resp = resp;
+    let status = resp.status();
+    let upgraded = status == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_some();
+    if upgraded {
+        let server_upgrade = hyper::upgrade::on(&mut resp);
+        let (cu, label) = (client_upgrade.expect("checked above"), server.label.clone());
+        tokio::spawn(async move {
+            match tokio::try_join!(cu, server_upgrade) {
+                Ok((c, s)) => {
+                    let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(s)).await;
+                }
+                Err(e) => tracing::debug!(server = %label, "upgrade failed: {e}"),
+            }
+        });
+    }
+    if let Some(Sticky::ServerCookie { name, table }) = &svc.sticky {
+        for v in resp.headers().get_all(header::SET_COOKIE) {
+            if let Some(value) = set_cookie_value(v.as_bytes(), name) {
+                table.set(value.to_string(), server.config.address, Instant::now());
+            }
+        }
+    }
+    let (mut rparts, rbody) = resp.into_parts();
+    if !upgraded {
+        hop_by_hop(&mut rparts.headers, false);
+    }
+    if let Some(Sticky::Cookie { name, expire }) = &svc.sticky {
+        // Set on every response, which also refreshes Max-Age: the cookie expires `expire`
+        // after the client's last request, like the client-IP tables.
+        let value = pool.cookie_value(i);
+        {
+            let secure = if hs.scheme == "https" { "; Secure" } else { "" };
+            let c = format!("{name}={value}; Path=/; Max-Age={}; HttpOnly{secure}", expire.as_secs());
+            if let Ok(v) = HeaderValue::from_str(&c) {
+                rparts.headers.append(header::SET_COOKIE, v);
+            }
+        }
+    }
+    let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+    if let Some(c) = hs.request_counters.get(&(pool.name.clone(), i)) {
+        c[class].inc();
+    }
+    let finish = Exchange {
+        hs: hs.clone(),
+        facts,
+        status: status.as_u16(),
+        server: Some(server.clone()),
+        bytes_in,
+        reuse: (!upgraded).then_some((key, sender)),
+        _active: Some(guard),
+        _in_flight: in_flight,
+    };
+    Response::from_parts(
+        rparts,
+        ResponseBody::stream(rbody, server.metrics.bytes_to_client.clone(), Box::new(finish)),
+    )
+}

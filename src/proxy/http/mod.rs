@@ -1,0 +1,309 @@
+//! The L7 proxy: HTTP/1.1 and HTTP/2 from clients (hyper), plain or TLS-terminated, to
+//! servers over HTTP/1.1, plain or re-encrypted; plus the 301-to-https redirect service.
+
+mod body;
+mod forward;
+mod log;
+pub mod route;
+mod upstream;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+
+use super::tls::TlsAcceptorHandle;
+use super::Drain;
+use crate::config::{Config, Mode};
+use crate::metrics::{HttpServiceMetrics, Metrics};
+use crate::net::{ClientAddr, OrigDstAddr};
+use crate::state::Service;
+pub use upstream::{UpstreamPool, UpstreamTlsConfig};
+
+/// Everything the L7 path of one service needs, built once at start.
+pub struct HttpService {
+    pub svc: Arc<Service>,
+    pub upstream: Arc<UpstreamPool>,
+    /// Re-encryption settings by pool name, for pools with `tls`.
+    pub upstream_tls: HashMap<String, UpstreamTlsConfig>,
+    pub metrics: HttpServiceMetrics,
+    /// Request counters by (pool name, server index), by status class.
+    pub request_counters: HashMap<(String, usize), [Counter; 5]>,
+    /// "http" or "https", for X-Forwarded-Proto and cookies' Secure flag.
+    pub scheme: &'static str,
+    /// The certificates of an https service.
+    pub acceptor: Option<TlsAcceptorHandle>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpSetupError {
+    #[error("service {service}: certificates: {source}")]
+    Certificates { service: String, source: super::tls::TlsError },
+    #[error("pool {pool}: tls: {source}")]
+    UpstreamTls { pool: String, source: super::tls::TlsError },
+}
+
+impl HttpService {
+    pub fn build(
+        svc: Arc<Service>,
+        config: &Config,
+        metrics: &Metrics,
+        upstream: Arc<UpstreamPool>,
+    ) -> Result<HttpService, HttpSetupError> {
+        let m = metrics.http_service(&svc.config.name);
+        let mut upstream_tls = HashMap::new();
+        let mut request_counters = HashMap::new();
+        let pools = svc.pool.iter().chain(svc.routes.iter().map(|(_, p)| p));
+        for pool in pools {
+            let pc = config.pools.iter().find(|p| p.name == pool.name).expect("state pools come from config");
+            if let Some(t) = &pc.tls {
+                let u = super::tls::UpstreamTls { verify: t.verify, ca: t.ca.clone(), sni: t.sni.clone() };
+                let cfg = super::tls::client_config(&u)
+                    .map_err(|source| HttpSetupError::UpstreamTls { pool: pool.name.clone(), source })?;
+                if !t.verify {
+                    tracing::warn!(pool = %pool.name, "tls verify = false: servers' certificates are not checked");
+                }
+                let sni =
+                    t.sni.as_ref().and_then(|n| rustls::pki_types::ServerName::try_from(n.clone()).ok());
+                upstream_tls.insert(pool.name.clone(), UpstreamTlsConfig { config: cfg, sni });
+            }
+            for (i, s) in pool.servers.iter().enumerate() {
+                request_counters.insert((pool.name.clone(), i), m.server_requests(&pool.name, &s.label));
+            }
+        }
+        let acceptor = if svc.config.mode == Mode::Https {
+            let specs: Vec<super::tls::CertSpec> = svc
+                .config
+                .certificates
+                .iter()
+                .map(|c| super::tls::CertSpec { cert: c.cert.clone(), key: c.key.clone() })
+                .collect();
+            Some(TlsAcceptorHandle::load(&specs).map_err(|source| HttpSetupError::Certificates {
+                service: svc.config.name.clone(),
+                source,
+            })?)
+        } else {
+            None
+        };
+        let scheme = if svc.config.mode == Mode::Https { "https" } else { "http" };
+        Ok(HttpService { svc, upstream, upstream_tls, metrics: m, request_counters, scheme, acceptor })
+    }
+
+    /// Re-reads the certificates (SIGHUP); established connections keep theirs.
+    pub fn reload_certificates(&self) -> Result<(), super::tls::TlsError> {
+        match &self.acceptor {
+            None => Ok(()),
+            Some(a) => {
+                let specs: Vec<super::tls::CertSpec> = self
+                    .svc
+                    .config
+                    .certificates
+                    .iter()
+                    .map(|c| super::tls::CertSpec { cert: c.cert.clone(), key: c.key.clone() })
+                    .collect();
+                a.reload(&specs)
+            }
+        }
+    }
+}
+
+/// Per client connection: when bytes last moved and how many requests are in flight, so the
+/// idle timeout closes quiet keep-alive connections but never a long-poll awaiting its answer.
+pub struct ConnState {
+    epoch: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        ConnState { epoch: Instant::now(), last_ms: AtomicU64::new(0), in_flight: AtomicUsize::new(0) }
+    }
+    fn touch(&self) {
+        self.last_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    fn last(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// Held by a request until its response ends.
+pub struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    fn new(c: Arc<ConnState>) -> Self {
+        c.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(c)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Wraps the client's stream to note activity.
+struct Tracked<IO> {
+    io: IO,
+    state: Arc<ConnState>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.state.touch();
+        }
+        r
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, b);
+        if let Poll::Ready(Ok(n)) = &r {
+            if *n > 0 {
+                self.state.touch();
+            }
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Largest request head accepted (Kerberos tickets make Exchange's headers big); a larger
+/// one gets 431 from hyper and is counted as a connection error.
+const MAX_HEAD: usize = 64 * 1024;
+
+async fn serve<IO>(io: IO, client: ClientAddr, orig: OrigDstAddr, hs: Arc<HttpService>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let state = Arc::new(ConnState::new());
+    let io = Tracked { io, state: state.clone() };
+    let (hs2, st2) = (hs.clone(), state.clone());
+    let service = hyper::service::service_fn(move |req| {
+        let (hs, st) = (hs2.clone(), st2.clone());
+        async move { Ok::<_, Infallible>(forward::handle(req, client, orig, hs, st).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(hs.svc.config.header_timeout)
+        .max_buf_size(MAX_HEAD.max(8192));
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEAD as u32);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let idle = hs.svc.config.idle_timeout;
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    hs.metrics.connection_errors.inc();
+                    tracing::debug!(service = %hs.svc.config.name, %client, "client connection error: {e}");
+                }
+                return;
+            }
+            _ = idle_wait(&state, idle), if !closing => {
+                tracing::debug!(service = %hs.svc.config.name, %client, "keep-alive idle timeout");
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
+}
+
+async fn idle_wait(state: &ConnState, idle: Duration) {
+    loop {
+        tokio::time::sleep_until(state.last() + idle).await;
+        if state.in_flight.load(Ordering::Relaxed) == 0 && state.last().elapsed() >= idle {
+            return;
+        }
+        if state.in_flight.load(Ordering::Relaxed) > 0 {
+            // A request is waiting for its response: its own timeout governs, check later.
+            state.touch();
+        }
+    }
+}
+
+/// One client connection of an http, https or redirect service.
+async fn connection(stream: TcpStream, client: ClientAddr, hs: Arc<HttpService>) {
+    hs.svc.metrics.connections.inc();
+    let Ok(orig) = stream.local_addr().map(OrigDstAddr) else { return };
+    let _ = stream.set_nodelay(true);
+    match &hs.acceptor {
+        None => serve(stream, client, orig, hs).await,
+        Some(acceptor) => {
+            let handshake =
+                tokio::time::timeout(hs.svc.config.header_timeout, acceptor.acceptor().accept(stream)).await;
+            match handshake {
+                Ok(Ok(tls)) => {
+                    hs.metrics.tls_handshakes.inc();
+                    serve(tls, client, orig, hs).await
+                }
+                Ok(Err(e)) => {
+                    hs.metrics.tls_failures.inc();
+                    tracing::debug!(service = %hs.svc.config.name, %client, "TLS handshake failed: {e}");
+                }
+                Err(_) => {
+                    hs.metrics.tls_failures.inc();
+                    tracing::debug!(service = %hs.svc.config.name, %client, "TLS handshake timed out");
+                }
+            }
+        }
+    }
+}
+
+/// Accepts like `tcp::accept_loop` (reset after stop, loopback refused) for L7 services.
+pub async fn accept_loop(
+    listener: TcpListener,
+    hs: Arc<HttpService>,
+    drain: Arc<Drain>,
+    stop: watch::Receiver<bool>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) if *stop.borrow() || peer.ip().is_loopback() => {
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            }
+            Ok((stream, peer)) => {
+                let guard = drain.enter();
+                let hs = hs.clone();
+                tokio::spawn(async move {
+                    connection(stream, ClientAddr(peer), hs).await;
+                    drop(guard);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(service = %hs.svc.config.name, "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

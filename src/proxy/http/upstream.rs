@@ -1,0 +1,140 @@
+//! Connections to servers for the HTTP proxy: HTTP/1.1, plain or re-encrypted with TLS,
+//! leaving from the client's address (transparent) or SNAT, and pooled per
+//! (server, source, tls): a transparent connection is only ever reused for the same client
+//! address, since the server sees that address as the peer.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+
+use super::body::RequestBody;
+use crate::net::{connect_upstream, UpstreamSource};
+
+/// An idle pooled connection older than this is closed rather than reused: servers (IIS:
+/// 120 s) close idle keep-alive connections, and a request on a just-closed one would fail.
+const MAX_IDLE: Duration = Duration::from_secs(60);
+const MAX_IDLE_PER_KEY: usize = 16;
+
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct UpstreamKey {
+    pub server: SocketAddr,
+    pub source: UpstreamSource,
+    pub tls: bool,
+}
+
+/// TLS towards one pool's servers.
+#[derive(Clone)]
+pub struct UpstreamTlsConfig {
+    pub config: Arc<rustls::ClientConfig>,
+    /// None: the server's IP.
+    pub sni: Option<ServerName<'static>>,
+}
+
+struct Idle {
+    sender: SendRequest<RequestBody>,
+    since: Instant,
+}
+
+#[derive(Default)]
+pub struct UpstreamPool {
+    idle: Mutex<HashMap<UpstreamKey, Vec<Idle>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connect {0}: {1}")]
+    Connect(SocketAddr, std::io::Error),
+    #[error("TLS handshake with {0}: {1}")]
+    Tls(SocketAddr, std::io::Error),
+    #[error("HTTP/1.1 handshake with {0}: {1}")]
+    Handshake(SocketAddr, hyper::Error),
+}
+
+impl UpstreamPool {
+    /// A ready idle connection for `key`, if any; stale and closed ones are dropped.
+    pub fn checkout(&self, key: &UpstreamKey) -> Option<SendRequest<RequestBody>> {
+        let mut map = self.idle.lock().expect("upstream pool poisoned");
+        let list = map.get_mut(key)?;
+        while let Some(idle) = list.pop() {
+            if idle.since.elapsed() < MAX_IDLE && idle.sender.is_ready() && !idle.sender.is_closed() {
+                return Some(idle.sender);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose exchange completed.
+    pub fn checkin(&self, key: UpstreamKey, sender: SendRequest<RequestBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut map = self.idle.lock().expect("upstream pool poisoned");
+        let list = map.entry(key).or_default();
+        if list.len() < MAX_IDLE_PER_KEY {
+            list.push(Idle { sender, since: Instant::now() });
+        }
+    }
+
+    /// Drops closed and stale connections (called periodically).
+    pub fn purge(&self) {
+        let mut map = self.idle.lock().expect("upstream pool poisoned");
+        map.retain(|_, list| {
+            list.retain(|i| i.since.elapsed() < MAX_IDLE && !i.sender.is_closed());
+            !list.is_empty()
+        });
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().expect("upstream pool poisoned").values().map(Vec::len).sum()
+    }
+}
+
+/// Opens a new HTTP/1.1 connection to `key.server`, within `timeout` for TCP and TLS.
+pub async fn connect(
+    key: &UpstreamKey,
+    tls: Option<&UpstreamTlsConfig>,
+    timeout: Duration,
+) -> Result<SendRequest<RequestBody>, UpstreamError> {
+    let tcp = connect_upstream(key.server, key.source, timeout)
+        .await
+        .map_err(|e| UpstreamError::Connect(key.server, e))?;
+    let builder = http1::Builder::new();
+    match tls {
+        None => {
+            let (sender, conn) = builder
+                .handshake(TokioIo::new(tcp))
+                .await
+                .map_err(|e| UpstreamError::Handshake(key.server, e))?;
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+            });
+            Ok(sender)
+        }
+        Some(t) => {
+            let name = t.sni.clone().unwrap_or_else(|| ServerName::IpAddress(key.server.ip().into()));
+            let connector = tokio_rustls::TlsConnector::from(t.config.clone());
+            let stream = tokio::time::timeout(timeout, connector.connect(name, tcp))
+                .await
+                .map_err(|_| {
+                    UpstreamError::Tls(
+                        key.server,
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"),
+                    )
+                })?
+                .map_err(|e| UpstreamError::Tls(key.server, e))?;
+            let (sender, conn) = builder
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| UpstreamError::Handshake(key.server, e))?;
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+            });
+            Ok(sender)
+        }
+    }
+}
