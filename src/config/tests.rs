@@ -245,3 +245,125 @@ mod props {
         }
     }
 }
+
+// ---- L7 (HTTP/HTTPS) ----
+
+const L7_CONTRACT: &str = r#"
+[pools.cas-web]
+balance = "leastconn"
+servers = [ { address = "198.18.2.11:443" }, { address = "198.18.2.12:443" } ]
+tls = { verify = false }                # re-encrypt to the servers; verify = true checks against `ca`
+check = { type = "https", path = "/healthz", expect = 200, interval = "2s", timeout = "1s" }
+
+[pools.lync-web]
+servers = [ { address = "198.18.2.12:443" } ]
+tls = { verify = false }
+
+[services.exchange-https]
+vip = "198.19.0.10"
+ports = [443]
+mode = "https"
+certificates = [
+  { cert = "/etc/portier/tls/mail.pem", key = "/etc/portier/tls/mail.key" },
+  { cert = "/etc/portier/tls/lync.pem", key = "/etc/portier/tls/lync.key" },
+]
+pool = "cas-web"
+routes = [ { host = "lync.example.test", pool = "lync-web" } ]
+source = "client"
+sticky = { by = "cookie", name = "PORTIER", expire = "45m" }
+header_timeout = "10s"
+idle_timeout = "2m"
+response_timeout = "1h"
+
+[services.exchange-http]
+vip = "198.19.0.10"
+ports = [80]
+mode = "redirect"
+"#;
+
+#[test]
+fn the_l7_contract_loads_exactly_as_written() {
+    let c = parse_str(L7_CONTRACT).expect("L7 contract must load");
+    let web = &c.pools[0];
+    assert_eq!(web.name, "cas-web");
+    assert_eq!(web.tls, Some(PoolTls { verify: false, ca: None, sni: None }));
+    assert_eq!(
+        web.check.as_ref().unwrap().kind,
+        CheckKind::Https { path: "/healthz".into(), expect: 200, host: None, sni: None }
+    );
+    let https = c.services.iter().find(|s| s.name == "exchange-https").unwrap();
+    assert_eq!(https.mode, Mode::Https);
+    assert_eq!(https.certificates.len(), 2);
+    assert_eq!(https.certificates[1].key, std::path::PathBuf::from("/etc/portier/tls/lync.key"));
+    assert_eq!(https.routes.len(), 1);
+    assert_eq!(https.routes[0].host.as_deref(), Some("lync.example.test"));
+    assert_eq!(c.pools[https.routes[0].pool].name, "lync-web");
+    assert_eq!(
+        https.sticky,
+        Some(StickyConfig {
+            by: StickyBy::Cookie { name: "PORTIER".into() },
+            expire: Duration::from_secs(2700)
+        })
+    );
+    assert_eq!(
+        (https.header_timeout, https.idle_timeout, https.response_timeout),
+        (Duration::from_secs(10), Duration::from_secs(120), Duration::from_secs(3600))
+    );
+    let redirect = c.services.iter().find(|s| s.name == "exchange-http").unwrap();
+    assert_eq!((redirect.mode, redirect.pool), (Mode::Redirect, None));
+}
+
+#[test]
+fn http_defaults() {
+    let c = parse_str(&format!(
+        "{POOL}[services.s]\nvip = \"198.19.0.10\"\nports = [80]\npool = \"p\"\nmode = \"http\"\n"
+    ))
+    .unwrap();
+    let s = &c.services[0];
+    assert_eq!(s.idle_timeout, DEFAULT_HTTP_IDLE_TIMEOUT);
+    assert_eq!(s.header_timeout, DEFAULT_HEADER_TIMEOUT);
+    assert_eq!(s.response_timeout, DEFAULT_RESPONSE_TIMEOUT);
+    assert_eq!(s.access_log, AccessLog::Text);
+}
+
+fn l7_fails(extra: &str, mode: &str) -> String {
+    fails(&format!("{POOL}[services.s]\nvip = \"198.19.0.10\"\nports = [80]\nmode = \"{mode}\"\n{extra}"))
+}
+
+#[test]
+fn l7_misconfigurations_are_named() {
+    let e = l7_fails("pool = \"p\"\n", "https");
+    assert!(e.contains("services.s.certificates") && e.contains("needs certificates"), "{e}");
+    let e = l7_fails("pool = \"p\"\ncertificates = [{ cert = \"a\", key = \"b\" }]\n", "http");
+    assert!(e.contains("apply to mode https only"), "{e}");
+    let e = l7_fails("pool = \"p\"\nroutes = [{ host = \"a.test\", pool = \"p\" }]\n", "tcp");
+    assert!(e.contains("routes do not apply to mode tcp"), "{e}");
+    let e = l7_fails("pool = \"p\"\nroutes = [{ host = \"a.test\", pool = \"q\" }]\n", "http");
+    assert!(e.contains("services.s.routes.pool") && e.contains("no pool named `q`"), "{e}");
+    let e = l7_fails("pool = \"p\"\nroutes = [{ pool = \"p\" }]\n", "http");
+    assert!(e.contains("a host, a path or both"), "{e}");
+    let e =
+        l7_fails("pool = \"p\"\nroutes = [{ host = \"a.test\", path = \"/owa\", pool = \"p\" }]\n", "tls");
+    assert!(e.contains("routes by host (SNI) only"), "{e}");
+    let e = l7_fails("pool = \"p\"\nsticky = { by = \"cookie\" }\n", "tcp");
+    assert!(e.contains("needs mode http or https"), "{e}");
+    let e = l7_fails("pool = \"p\"\nsticky = { by = \"server-cookie\" }\n", "http");
+    assert!(e.contains("server-cookie needs the server's cookie `name`"), "{e}");
+    let e = l7_fails("pool = \"p\"\n", "redirect");
+    assert!(e.contains("takes no pool"), "{e}");
+    let e = l7_fails("", "http");
+    assert!(e.contains("mode http needs a `pool`"), "{e}");
+    let e = l7_fails("pool = \"p\"\nheader_timeout = \"5s\"\n", "tcp");
+    assert!(e.contains("applies to modes http and https only"), "{e}");
+    let e = l7_fails("pool = \"p\"\naccess_log = \"xml\"\n", "http");
+    assert!(e.contains("not text, json or off"), "{e}");
+    let e = l7_fails("pool = \"p\"\nsticky = { by = \"cookie\", name = \"a b\" }\n", "http");
+    assert!(e.contains("not a cookie name"), "{e}");
+    let e = fails("[pools.p]\nservers = [{ address = \"198.18.2.11:443\" }]\ntls = { verify = true }\n");
+    assert!(e.contains("pools.p.tls.ca"), "{e}");
+    let e = fails(&format!(
+        "[pools.p]\nservers = [{{ address = \"198.18.2.11:443\" }}]\ntls = {{ verify = false }}\n\
+         [services.s]\nvip = \"198.19.0.10\"\nports = [443]\npool = \"p\"\n"
+    ));
+    assert!(e.contains("re-encrypts"), "{e}");
+}
