@@ -209,3 +209,57 @@ mod tests {
         assert!(matches!(err, ProbeError::Tls(ref m) if m.contains("invalid sni")), "{err:?}");
     }
 }
+
+#[cfg(test)]
+mod https_tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use crate::config::CheckKind;
+    use crate::health::probe::{probe, ProbeError};
+
+    /// An HTTPS server answering every request with `status`; returns the Host it saw.
+    async fn https_server(status: u16) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let acceptor = super::testing::acceptor();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(s).await else { return };
+                    let mut buf = vec![0u8; 4096];
+                    let n = tls.read(&mut buf).await.unwrap_or(0);
+                    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let host = head.lines().find_map(|l| l.strip_prefix("Host: ")).unwrap_or("").to_string();
+                    let _ = tx.send(host);
+                    let _ = tls.write_all(format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n").as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        (addr, rx)
+    }
+
+    fn https(expect: u16, sni: Option<&str>) -> CheckKind {
+        CheckKind::Https { path: "/healthz".into(), expect, host: None, sni: sni.map(str::to_owned) }
+    }
+
+    #[tokio::test]
+    async fn https_check_is_alive_on_the_expected_status() {
+        let (addr, mut hosts) = https_server(200).await;
+        probe(&https(200, Some("localhost")), addr, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(hosts.recv().await.unwrap(), "localhost", "Host defaults to the SNI name");
+    }
+
+    #[tokio::test]
+    async fn https_check_fails_on_another_status() {
+        let (addr, _hosts) = https_server(503).await;
+        let e = probe(&https(200, None), addr, Duration::from_secs(2)).await.unwrap_err();
+        assert!(matches!(e, ProbeError::Http(ref m) if m.contains("503")), "{e}");
+    }
+}
