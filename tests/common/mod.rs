@@ -1,6 +1,8 @@
 //! Shared helpers for the lab tests: a lab with echo backends and a real portier process.
 #![allow(dead_code)]
 
+pub mod nginx;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::Path;

@@ -237,7 +237,9 @@ mod https_tests {
                     let head = String::from_utf8_lossy(&buf[..n]).to_string();
                     let host = head.lines().find_map(|l| l.strip_prefix("Host: ")).unwrap_or("").to_string();
                     let _ = tx.send(host);
-                    let _ = tls.write_all(format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n").as_bytes()).await;
+                    let _ = tls
+                        .write_all(format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                        .await;
                     let _ = tls.shutdown().await;
                 });
             }

@@ -220,7 +220,12 @@ pub async fn handle(
         let server = pool.servers[i].clone();
         let key = UpstreamKey { server: server.target(orig.port()), source, tls: tls.is_some() };
         let guard = ActiveGuard::new(server.clone());
-        let pooled = hs.upstream.checkout(&key);
+        // A pooled connection the server closed meanwhile is not the server's fault: open a
+        // fresh one to the same server before counting a failure.
+        let pooled = match hs.upstream.checkout(&key) {
+            Some(mut s) => s.ready().await.ok().map(|()| s),
+            None => None,
+        };
         let sender = match pooled {
             Some(s) => Ok(s),
             None => connect(&key, tls, svc.config.connect_timeout).await,

@@ -119,23 +119,66 @@ impl HttpService {
     }
 }
 
-/// Per client connection: when bytes last moved and how many requests are in flight, so the
-/// idle timeout closes quiet keep-alive connections but never a long-poll awaiting its answer.
+/// Per client connection: when bytes last moved, how many requests are in flight, and since
+/// when a request head has been arriving. The idle timeout closes quiet keep-alive
+/// connections but never a long-poll awaiting its answer; the header timeout cuts a head that
+/// trickles in (slowloris) without also cutting idle keep-alive connections, which is what
+/// hyper's own header_read_timeout would do (its timer runs while waiting for the next head).
 pub struct ConnState {
     epoch: Instant,
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
+    /// Milliseconds since `epoch` when the pending head started; NO_HEAD when none.
+    head_since_ms: AtomicU64,
+    /// HTTP/2 (prior knowledge or ALPN): heads are frames on a shared connection, not timed here.
+    h2: std::sync::atomic::AtomicBool,
+    seen_bytes: std::sync::atomic::AtomicBool,
 }
+
+const NO_HEAD: u64 = u64::MAX;
 
 impl ConnState {
     fn new() -> Self {
-        ConnState { epoch: Instant::now(), last_ms: AtomicU64::new(0), in_flight: AtomicUsize::new(0) }
+        // The first head is due from the moment the connection is accepted.
+        ConnState {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            head_since_ms: AtomicU64::new(0),
+            h2: std::sync::atomic::AtomicBool::new(false),
+            seen_bytes: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
     fn touch(&self) {
-        self.last_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
     }
     fn last(&self) -> Instant {
         self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+    fn head_since(&self) -> Option<Instant> {
+        match self.head_since_ms.load(Ordering::Relaxed) {
+            NO_HEAD => None,
+            ms => Some(self.epoch + Duration::from_millis(ms)),
+        }
+    }
+    /// Bytes arrived from the client.
+    fn on_read(&self, first_bytes: &[u8]) {
+        self.touch();
+        if !self.seen_bytes.swap(true, Ordering::Relaxed) && first_bytes.starts_with(b"PRI * HTTP/2.0") {
+            self.h2.store(true, Ordering::Relaxed);
+            self.head_since_ms.store(NO_HEAD, Ordering::Relaxed);
+        }
+        if !self.h2.load(Ordering::Relaxed) && self.in_flight.load(Ordering::Relaxed) == 0 {
+            let _ = self.head_since_ms.compare_exchange(
+                NO_HEAD,
+                self.now_ms(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
     }
 }
 
@@ -145,6 +188,8 @@ pub struct InFlight(Arc<ConnState>);
 impl InFlight {
     fn new(c: Arc<ConnState>) -> Self {
         c.in_flight.fetch_add(1, Ordering::Relaxed);
+        // The head is complete: hyper handed us the request.
+        c.head_since_ms.store(NO_HEAD, Ordering::Relaxed);
         InFlight(c)
     }
 }
@@ -171,7 +216,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.state.touch();
+            self.state.on_read(&buf.filled()[before..]);
         }
         r
     }
@@ -211,15 +256,12 @@ where
         async move { Ok::<_, Infallible>(forward::handle(req, client, orig, hs, st).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(hs.svc.config.header_timeout)
-        .max_buf_size(MAX_HEAD.max(8192));
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(None).max_buf_size(MAX_HEAD.max(8192));
     builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEAD as u32);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let idle = hs.svc.config.idle_timeout;
+    let header = hs.svc.config.header_timeout;
     let mut closing = false;
     loop {
         tokio::select! {
@@ -230,24 +272,46 @@ where
                 }
                 return;
             }
-            _ = idle_wait(&state, idle), if !closing => {
-                tracing::debug!(service = %hs.svc.config.name, %client, "keep-alive idle timeout");
-                conn.as_mut().graceful_shutdown();
-                closing = true;
+            end = watchdog(&state, idle, header), if !closing => match end {
+                Watch::Idle => {
+                    tracing::debug!(service = %hs.svc.config.name, %client, "keep-alive idle timeout");
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                Watch::HeaderTimeout => {
+                    hs.metrics.connection_errors.inc();
+                    tracing::debug!(service = %hs.svc.config.name, %client, "request head not complete within {header:?}: closed");
+                    return;
+                }
             }
         }
     }
 }
 
-async fn idle_wait(state: &ConnState, idle: Duration) {
+enum Watch {
+    Idle,
+    HeaderTimeout,
+}
+
+async fn watchdog(state: &ConnState, idle: Duration, header: Duration) -> Watch {
     loop {
-        tokio::time::sleep_until(state.last() + idle).await;
-        if state.in_flight.load(Ordering::Relaxed) == 0 && state.last().elapsed() >= idle {
-            return;
+        let idle_at = state.last() + idle;
+        let deadline = match state.head_since() {
+            Some(h) => (h + header).min(idle_at),
+            None => idle_at,
+        };
+        tokio::time::sleep_until(deadline).await;
+        if let Some(h) = state.head_since() {
+            if h.elapsed() >= header {
+                return Watch::HeaderTimeout;
+            }
+            continue;
         }
         if state.in_flight.load(Ordering::Relaxed) > 0 {
             // A request is waiting for its response: its own timeout governs, check later.
             state.touch();
+        } else if state.last().elapsed() >= idle {
+            return Watch::Idle;
         }
     }
 }

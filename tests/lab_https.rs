@@ -1,0 +1,355 @@
+//! Lab tests of the L7 proxy with real clients and servers (root, namespaces): curl and h2load
+//! against portier terminating TLS with certificates chosen by SNI, nginx backends reached
+//! over re-encrypted HTTP/1.1 from the client's own address; host and path routes; cookie,
+//! server-cookie and shared client-IP stickiness; the 301-to-https redirect service.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use common::nginx::{curl, Certs, CurlOut, Echo, Nginx};
+use common::*;
+use portier::lab::{EchoBackend, Lab, LabSpec, PortierProcess};
+
+/// The configuration contract of the L7 issue, as written there (certificate paths are
+/// rewritten to the test's own).
+const CONTRACT: &str = r#"
+[pools.cas-web]
+balance = "leastconn"
+servers = [ { address = "198.18.2.11:443" }, { address = "198.18.2.12:443" } ]
+tls = { verify = false }                # re-encrypt to the servers; verify = true checks against `ca`
+check = { type = "https", path = "/healthz", expect = 200, interval = "2s", timeout = "1s" }
+[pools.lync-web]
+servers = [ { address = "198.18.2.12:443" } ]
+tls = { verify = false }
+[services.exchange-https]
+vip = "198.19.0.10"
+ports = [443]
+mode = "https"
+certificates = [
+  { cert = "/etc/portier/tls/mail.pem", key = "/etc/portier/tls/mail.key" },
+  { cert = "/etc/portier/tls/lync.pem", key = "/etc/portier/tls/lync.key" },
+]
+pool = "cas-web"
+routes = [ { host = "lync.example.test", pool = "lync-web" } ]
+source = "client"
+sticky = { by = "cookie", name = "PORTIER", expire = "45m" }
+header_timeout = "10s"
+idle_timeout = "2m"
+response_timeout = "1h"
+[services.exchange-http]
+vip = "198.19.0.10"
+ports = [80]
+mode = "redirect"
+"#;
+
+const CLIENT: &str = "198.18.1.2";
+
+struct L7 {
+    portier: PortierProcess,
+    nginx: Vec<Nginx>,
+    _echo: Vec<EchoBackend>,
+    lab: Lab,
+    certs: Certs,
+}
+
+/// A lab with nginx cas01, cas02 in the backends (plus echo servers on `echo_ports`) and
+/// portier running `config` with its certificate paths rewritten.
+fn start(spec: LabSpec, echo_ports: &[u16], config: &str) -> L7 {
+    let certs = Certs::generate();
+    let lab = Lab::build(&spec).expect("lab build (needs root, iproute2, nftables)");
+    let nginx = lab
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| Nginx::start(ns, &format!("cas0{}", i + 1), &certs).expect("nginx"))
+        .collect();
+    let echo = if echo_ports.is_empty() {
+        Vec::new()
+    } else {
+        lab.backends
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| EchoBackend::start(ns, &format!("cas0{}", i + 1), echo_ports).expect("echo"))
+            .collect()
+    };
+    let portier =
+        PortierProcess::start(&lab.balancer, exe(), &certs.rewrite(config), ADMIN).expect("portier start");
+    L7 { portier, nginx, _echo: echo, lab, certs }
+}
+
+impl L7 {
+    fn curl(&self, src: IpAddr, args: &[&str]) -> CurlOut {
+        curl(&self.lab.client, &self.certs, src, args)
+    }
+
+    /// A request that must succeed, answered by a backend.
+    fn get(&self, src: IpAddr, args: &[&str]) -> (CurlOut, Echo) {
+        let out = self.curl(src, args);
+        assert!(out.ok, "curl {args:?} failed:\n{}\nportier log:\n{}", out.stderr, self.portier.log_tail());
+        let e = out.echo();
+        (out, e)
+    }
+
+    fn backend(&self, src: IpAddr, args: &[&str]) -> String {
+        self.get(src, args).1.backend
+    }
+}
+
+fn count(backends: impl IntoIterator<Item = String>) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for b in backends {
+        *m.entry(b).or_insert(0) += 1;
+    }
+    m
+}
+
+#[test]
+fn https_terminated_by_sni_over_h1_and_h2_reencrypted_to_backends_that_see_the_client() {
+    let l = start(LabSpec::default(), &[], CONTRACT);
+    for name in ["mail.example.test", "lync.example.test"] {
+        let url = format!("https://{name}/owa/");
+        for (flag, version) in [("--http1.1", "HTTP/1.1 200"), ("--http2", "HTTP/2 200")] {
+            let (out, e) = l.get(c4(0), &["-v", flag, &url]);
+            assert_eq!(out.subject(), Some(format!("CN={name}").as_str()), "SNI {name}:\n{}", out.stderr);
+            assert!(out.stderr.contains("SSL certificate verify ok"), "{}", out.stderr);
+            assert!(out.stderr.contains(&format!("< {version}")), "{flag}:\n{}", out.stderr);
+            assert_eq!(e.proto, "https", "the backend must be reached over TLS: {e:?}");
+            assert_eq!(e.peer, CLIENT, "the backend must see the client's address: {e:?}");
+            assert_eq!(e.host, name);
+            assert_eq!(e.xff, "", "transparent: no X-Forwarded-For");
+        }
+    }
+    // A name without a certificate of its own gets the first (default) one, which curl refuses.
+    let out = l.curl(
+        c4(0),
+        &["-v", "--resolve", "other.example.test:443:198.19.0.10", "https://other.example.test/"],
+    );
+    assert!(!out.ok, "{}", out.stdout);
+    assert!(out.stderr.contains("mail.example.test"), "{}", out.stderr);
+
+    // h2load: 100 requests over 4 HTTP/2 connections, every one answered 2xx.
+    let out = l
+        .lab
+        .client
+        .command("timeout")
+        .args(["20", "h2load", "-n", "100", "-c", "4", "--connect-to=198.19.0.10:443"])
+        .arg("https://mail.example.test/")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "h2load failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("Application protocol: h2"), "{text}");
+    assert!(text.contains("requests: 100 total, 100 started, 100 done, 100 succeeded, 0 failed"), "{text}");
+    assert!(text.contains("status codes: 100 2xx"), "{text}");
+    let served: usize = l
+        .nginx
+        .iter()
+        .map(|n| n.access_log().lines().filter(|l| l.contains("\"GET / HTTP/1.1\"")).count())
+        .sum();
+    assert_eq!(served, 100, "the backends must have served h2load's 100 requests over HTTP/1.1");
+    let m = l.portier.get("/metrics").unwrap();
+    assert!(m.contains("exchange-https"), "{m}");
+}
+
+#[test]
+fn host_routes_send_lync_to_its_own_pool() {
+    let l = start(LabSpec::default(), &[], CONTRACT);
+    let lync = count((0..10).map(|_| l.backend(c4(0), &["https://lync.example.test/"])));
+    assert_eq!(lync, BTreeMap::from([("cas02".to_string(), 10)]), "lync-web holds only 198.18.2.12");
+    let mail = count((0..10).map(|_| l.backend(c4(0), &["https://MAIL.example.test/"])));
+    assert_eq!(mail.len(), 2, "cas-web without a cookie spreads: {mail:?}");
+}
+
+#[test]
+fn path_routes_and_verified_reencryption() {
+    let cfg = r#"
+[pools.web]
+servers = [ { address = "198.18.2.11:443" }, { address = "198.18.2.12:443" } ]
+tls = { verify = false }
+[pools.owa]
+servers = [ { address = "198.18.2.11:443" } ]
+tls = { verify = true, ca = "/etc/portier/tls/ca.pem", sni = "cas.example.test" }
+[pools.wrong-name]
+servers = [ { address = "198.18.2.12:443" } ]
+tls = { verify = true, ca = "/etc/portier/tls/ca.pem", sni = "other.example.test" }
+[services.web]
+vip = "198.19.0.10"
+ports = [443]
+mode = "https"
+certificates = [ { cert = "/etc/portier/tls/mail.pem", key = "/etc/portier/tls/mail.key" } ]
+pool = "web"
+routes = [ { path = "/owa", pool = "owa" }, { path = "/wrong/", pool = "wrong-name" } ]
+"#;
+    let l = start(LabSpec::default(), &[], cfg);
+    for path in ["/owa", "/owa/", "/OWA/auth/logon.aspx", "/owa?x=1"] {
+        let url = format!("https://mail.example.test{path}");
+        let got = count((0..4).map(|_| l.backend(c4(0), &[url.as_str()])));
+        assert_eq!(got, BTreeMap::from([("cas01".to_string(), 4)]), "{path} must go to pool owa");
+    }
+    for path in ["/", "/owax", "/ecp/owa"] {
+        let url = format!("https://mail.example.test{path}");
+        let got = count((0..4).map(|_| l.backend(c4(0), &[url.as_str()])));
+        assert_eq!(got.len(), 2, "{path} must use the default pool: {got:?}");
+    }
+    // Verification is real: a server certificate not valid for the configured name fails.
+    let out =
+        l.curl(c4(0), &["-s", "-o", "/dev/null", "-w", "%{http_code}", "https://mail.example.test/wrong/x"]);
+    assert_eq!(out.stdout, "502", "{out:?}\n{}", l.portier.log_tail());
+}
+
+#[test]
+fn the_portier_cookie_keeps_a_client_on_one_server_across_100_connections() {
+    let l = start(LabSpec::default(), &[], CONTRACT);
+    let dir = tempfile::tempdir().unwrap();
+    let jar = dir.path().join("jar").display().to_string();
+    let (first, e) = l.get(c4(0), &["-v", "-c", &jar, "https://mail.example.test/owa/"]);
+    let set = first.response_headers("set-cookie");
+    assert_eq!(set.len(), 1, "{}", first.stderr);
+    assert!(set[0].starts_with("PORTIER="), "{set:?}");
+    for attr in ["; Path=/", "; Max-Age=2700", "; HttpOnly", "; Secure"] {
+        assert!(set[0].contains(attr), "{attr} missing in {set:?}");
+    }
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        // Each request is a new curl process, so a new TCP and TLS connection.
+        let (_, e) = l.get(c4(0), &["-b", &jar, "-c", &jar, "https://mail.example.test/owa/"]);
+        assert!(e.cookie.contains("PORTIER="), "{e:?}");
+        seen.push(e.backend);
+    }
+    let got = count(seen);
+    assert_eq!(got, BTreeMap::from([(e.backend.clone(), 100)]), "all 100 must stay on {}", e.backend);
+    // HTTP/2 honours it too.
+    assert_eq!(l.backend(c4(0), &["--http2", "-b", &jar, "https://mail.example.test/"]), e.backend);
+    // Without the cookie, the same client spreads.
+    let spread = count((0..10).map(|_| l.backend(c4(0), &["https://mail.example.test/owa/"])));
+    assert_eq!(spread.len(), 2, "{spread:?}");
+    // A cookie naming no server of the pool is ignored rather than failing.
+    let (_, e) = l.get(c4(0), &["-b", "PORTIER=bogus", "https://mail.example.test/"]);
+    assert!(e.backend.starts_with("cas0"));
+}
+
+#[test]
+fn a_server_cookie_routes_to_the_server_that_set_it_and_passes_through_unmodified() {
+    let cfg = r#"
+[pools.lync-web]
+servers = [ { address = "198.18.2.11:443" }, { address = "198.18.2.12:443" } ]
+tls = { verify = false }
+[services.lync-https]
+vip = "198.19.0.10"
+ports = [443]
+mode = "https"
+certificates = [ { cert = "/etc/portier/tls/lync.pem", key = "/etc/portier/tls/lync.key" } ]
+pool = "lync-web"
+sticky = { by = "server-cookie", name = "MS-WSMAN" }
+"#;
+    let l = start(LabSpec::default(), &[], cfg);
+    // Learn one cookie per server (roundrobin alternates without a cookie).
+    let mut cookies: BTreeMap<String, String> = BTreeMap::new();
+    for _ in 0..4 {
+        let out = l.curl(c4(0), &["-v", "https://lync.example.test/wsman"]);
+        assert!(out.ok, "{}", out.stderr);
+        let backend =
+            out.stdout.trim().strip_prefix("backend=").unwrap().strip_suffix(" wsman").unwrap().to_string();
+        let set = out.response_headers("set-cookie");
+        assert_eq!(set.len(), 1, "exactly the server's cookie, no portier cookie:\n{}", out.stderr);
+        let value = set[0].strip_prefix("MS-WSMAN=").and_then(|v| v.strip_suffix("; Path=/"));
+        let value = value.unwrap_or_else(|| panic!("the server's Set-Cookie must pass unmodified: {set:?}"));
+        assert!(value.starts_with(&format!("{backend}-")), "{value}");
+        cookies.insert(backend, value.to_string());
+    }
+    assert_eq!(cookies.len(), 2, "{cookies:?}");
+    for (backend, value) in &cookies {
+        let c = format!("MS-WSMAN={value}");
+        for i in 0..20 {
+            let http = if i % 2 == 0 { "--http1.1" } else { "--http2" };
+            let (_, e) = l.get(c4(0), &[http, "-b", &c, "https://lync.example.test/"]);
+            assert_eq!(&e.backend, backend, "cookie {c} was set by {backend}");
+            assert_eq!(e.cookie, c, "the cookie reaches the server unmodified");
+        }
+    }
+    let spread = count((0..6).map(|_| l.backend(c4(0), &["https://lync.example.test/"])));
+    assert_eq!(spread.len(), 2, "without a cookie requests spread: {spread:?}");
+}
+
+#[test]
+fn a_client_ip_table_shared_by_tcp_and_https_keeps_each_client_on_one_server() {
+    let cfg = r#"
+[pools.cas]
+servers = [ { address = "198.18.2.11" }, { address = "198.18.2.12" } ]
+[pools.cas-web]
+servers = [ { address = "198.18.2.11:443" }, { address = "198.18.2.12:443" } ]
+tls = { verify = false }
+[services.rpc]
+vip = "198.19.0.10"
+ports = [135]
+pool = "cas"
+sticky = { by = "client-ip", table = "cas", expire = "1h" }
+[services.web]
+vip = "198.19.0.10"
+ports = [443]
+mode = "https"
+certificates = [ { cert = "/etc/portier/tls/mail.pem", key = "/etc/portier/tls/mail.key" } ]
+pool = "cas-web"
+sticky = { by = "client-ip", table = "cas", expire = "1h" }
+"#;
+    let l = start(LabSpec { backends: 2, extra_clients: 7 }, &[135], cfg);
+    let mut first_choice = Vec::new();
+    for i in 0..8 {
+        let client = c4(i);
+        let tcp = |l: &L7| {
+            let g = lab_greet(l, client);
+            assert_eq!(g.peer.ip(), client);
+            g.backend
+        };
+        let web = |l: &L7| {
+            let (_, e) = l.get(client, &["https://mail.example.test/"]);
+            assert_eq!(e.peer, client.to_string());
+            e.backend
+        };
+        // Half the clients start with RPC, the other half with HTTPS.
+        let first = if i % 2 == 0 { tcp(&l) } else { web(&l) };
+        for round in 0..3 {
+            assert_eq!(web(&l), first, "client {client} https round {round}");
+            assert_eq!(tcp(&l), first, "client {client} rpc round {round}");
+        }
+        first_choice.push(first);
+    }
+    let spread = count(first_choice);
+    assert_eq!(spread.len(), 2, "different clients spread: {spread:?}");
+}
+
+fn lab_greet(l: &L7, client: IpAddr) -> portier::lab::Greeting {
+    portier::lab::greet(&l.lab.client, Some(client), vip4(135), T)
+        .unwrap_or_else(|e| panic!("greet from {client}: {e}\n{}", l.portier.log_tail()))
+}
+
+#[test]
+fn port_80_redirects_to_https_keeping_host_and_path() {
+    let l = start(LabSpec::default(), &[], CONTRACT);
+    let url = "http://mail.example.test/owa/auth/logon.aspx?replaceCurrent=1&url=%2Fowa";
+    let out = l.curl(c4(0), &["-v", url]);
+    assert!(out.ok, "{}", out.stderr);
+    assert!(out.stderr.contains("< HTTP/1.1 301"), "{}", out.stderr);
+    assert_eq!(
+        out.response_headers("location"),
+        vec!["https://mail.example.test/owa/auth/logon.aspx?replaceCurrent=1&url=%2Fowa".to_string()]
+    );
+    // A port in Host is dropped (the redirect goes to 443), the host's case is kept.
+    let out = l.curl(c4(0), &["-v", "-H", "Host: Lync.example.test:80", "http://lync.example.test/meet/x"]);
+    assert_eq!(
+        out.response_headers("location"),
+        vec!["https://Lync.example.test/meet/x".to_string()],
+        "{}",
+        out.stderr
+    );
+    // Following it lands on a backend over TLS.
+    let (out, e) = l.get(c4(0), &["-L", "-w", "\n%{url_effective} %{num_redirects}", url]);
+    assert_eq!(e.proto, "https");
+    assert!(out.stdout.ends_with(" 1"), "{}", out.stdout);
+    // No backend saw a plain-HTTP request.
+    for n in &l.nginx {
+        assert!(!n.access_log().contains("logon.aspx?replaceCurrent=1&url=%2Fowa HTTP/1.1\" 301"));
+    }
+}
