@@ -40,10 +40,9 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
 
     // Certificates and upstream TLS are loaded before anything is installed: a bad file stops
     // the start with its name, and nothing is left behind.
-    let upstream = Arc::new(http::UpstreamPool::default());
     let mut http_services = std::collections::HashMap::new();
     for svc in state.services.iter().filter(|s| s.config.mode.is_http() || s.config.mode == Mode::Redirect) {
-        let hs = http::HttpService::build(svc.clone(), &config, &metrics, upstream.clone())?;
+        let hs = http::HttpService::build(svc.clone(), &config, &metrics, drain.clone())?;
         http_services.insert(svc.config.name.clone(), Arc::new(hs));
     }
 
@@ -99,12 +98,11 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
         };
         accepting.push(task);
     }
-    let pool_for_purge = upstream.clone();
     let mut tasks = Vec::new();
     tasks.extend(crate::health::driver::spawn_all(&state, stop_rx.clone()));
     let admin = Arc::new(Admin { metrics: metrics.clone(), state: state.clone() });
     tasks.push(tokio::spawn(admin::serve(admin_listener, admin, stop_rx.clone())));
-    tasks.push(tokio::spawn(purge_sticky(state.clone(), pool_for_purge, stop_rx.clone())));
+    tasks.push(tokio::spawn(purge_sticky(state.clone(), stop_rx.clone())));
 
     let mut sighup = signal(SignalKind::hangup()).map_err(RuntimeError::Signal)?;
     let why = loop {
@@ -149,7 +147,7 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-async fn purge_sticky(state: Arc<State>, upstream: Arc<http::UpstreamPool>, mut stop: watch::Receiver<bool>) {
+async fn purge_sticky(state: Arc<State>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(30)) => {}
@@ -162,6 +160,5 @@ async fn purge_sticky(state: Arc<State>, upstream: Arc<http::UpstreamPool>, mut 
         for t in &state.cookie_tables {
             t.purge(now);
         }
-        upstream.purge();
     }
 }

@@ -248,9 +248,10 @@ impl Client {
     /// Waits for the server to close: Ok(elapsed) on EOF or reset, Err after `limit`.
     fn wait_closed(&mut self, limit: Duration) -> Result<Duration, String> {
         let t0 = Instant::now();
-        self.r.get_ref().set_read_timeout(Some(limit)).unwrap();
         let mut buf = [0u8; 4096];
         loop {
+            let left = limit.saturating_sub(t0.elapsed()).max(Duration::from_millis(1));
+            self.r.get_ref().set_read_timeout(Some(left)).unwrap();
             match self.r.read(&mut buf) {
                 Ok(0) => return Ok(t0.elapsed()),
                 Ok(n) => {
@@ -259,7 +260,9 @@ impl Client {
                     }
                     let _ = n;
                 }
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                {
                     return Err(format!("still open after {:?}", t0.elapsed()))
                 }
                 Err(_) => return Ok(t0.elapsed()),
@@ -365,7 +368,8 @@ fn half_gib_upload_and_download_stream_through_with_flat_memory() {
     loop {
         let lines = h.access_lines();
         let up_ok = lines.iter().any(|l| l.contains("path=/upload") && l.contains(&format!("bytes_in={N} ")));
-        let down_ok = lines.iter().any(|l| l.contains("path=/download") && l.contains(&format!("bytes_out={N} ")));
+        let down_ok =
+            lines.iter().any(|l| l.contains("path=/download") && l.contains(&format!("bytes_out={N} ")));
         if up_ok && down_ok {
             break;
         }
@@ -482,10 +486,9 @@ fn outlook_anywhere_in_and_out_channels_of_one_client_reach_one_server() {
 
 // 3 ------------------------------------------------------------------------------------------
 
-/// Sends `head` one byte per second on a new connection; returns when the connection was
-/// closed, with the elapsed time and how many bytes had been sent.
-fn dribble(h: &Lab7, head: &'static [u8], limit: Duration) -> (Duration, usize) {
-    let c = h.client(c4(0), 80);
+/// Sends `head` one byte per `every` on `c`; returns when the connection was closed, with
+/// the time since the first byte and how many bytes had been sent.
+fn dribble_on(c: Client, head: &'static [u8], every: Duration, limit: Duration) -> (Duration, usize) {
     let mut w = c.w.try_clone().unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -496,7 +499,7 @@ fn dribble(h: &Lab7, head: &'static [u8], limit: Duration) -> (Duration, usize) 
                 return;
             }
             sent2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            std::thread::sleep(Duration::from_secs(1));
+            std::thread::sleep(every);
         }
     });
     let mut c = c;
@@ -510,13 +513,19 @@ fn dribble(h: &Lab7, head: &'static [u8], limit: Duration) -> (Duration, usize) 
     }
 }
 
+/// Sends `head` one byte per second on a new connection (see `dribble_on`).
+fn dribble(h: &Lab7, head: &'static [u8], limit: Duration) -> (Duration, usize) {
+    dribble_on(h.client(c4(0), 80), head, Duration::from_secs(1), limit)
+}
+
 #[test]
 fn slowloris_is_cut_at_the_header_timeout() {
     let _l = light();
     // header_timeout: default 10s, 2s here.
     let cfg = format!("{WEB_POOL}{}", http_service("web", 80, "web", "header_timeout = \"2s\""));
     let h = start(LabSpec::default(), &cfg);
-    const HEAD: &[u8] = b"GET /hello HTTP/1.1\r\nHost: 198.19.0.10\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    const HEAD: &[u8] =
+        b"GET /hello HTTP/1.1\r\nHost: 198.19.0.10\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
     let (t, n) = dribble(&h, HEAD, Duration::from_secs(8));
     assert!(t >= Duration::from_millis(1500) && t < Duration::from_secs(4), "cut after {t:?}");
     assert!(n < HEAD.len() / 4, "{n} of {} bytes were sent", HEAD.len());
@@ -525,6 +534,199 @@ fn slowloris_is_cut_at_the_header_timeout() {
     });
     // portier still serves.
     assert_eq!(h.client(c4(0), 80).get("/hello").head.status, 200);
+    h.assert_no_panic();
+}
+
+#[test]
+fn slowloris_on_a_kept_alive_connection_is_cut_at_the_header_timeout_too() {
+    let _l = light();
+    // header_timeout 1s and idle_timeout 8s (defaults 10s and 2m: the idle timeout is the
+    // longer one). The second head trickles in after a first request; it must be cut at the
+    // header timeout, not when the idle timeout would have fired.
+    let cfg = format!(
+        "{WEB_POOL}{}",
+        http_service("web", 80, "web", "header_timeout = \"1s\"\nidle_timeout = \"8s\"")
+    );
+    let h = start(LabSpec::default(), &cfg);
+    const HEAD: &[u8] =
+        b"GET /hello HTTP/1.1\r\nHost: 198.19.0.10\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut c = h.client(c4(0), 80);
+    assert_eq!(c.get("/hello").head.status, 200);
+    // Past the first head's deadline (1 s after the accept), so only the next head's own
+    // deadline can cut it.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (t, n) = dribble_on(c, HEAD, Duration::from_millis(300), Duration::from_secs(12));
+    assert!(
+        t >= Duration::from_millis(700) && t < Duration::from_millis(2500),
+        "second head cut after {t:?} ({n} bytes)"
+    );
+    h.wait_metrics(Duration::from_secs(3), "slowloris counted", |m| {
+        metric(m, "portier_http_connection_errors_total", &["service=\"web\""]) >= 1.0
+    });
+    h.assert_no_panic();
+}
+
+/// CPU time (user + system) portier has used.
+fn cpu_time(pid: u32) -> Duration {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("portier stat");
+    // Fields after the command name (which is in parentheses): state is field 3; utime and
+    // stime are fields 14 and 15.
+    let rest = &s[s.rfind(')').expect("stat") + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+#[test]
+fn a_silent_connection_with_idle_shorter_than_header_timeout_costs_no_cpu() {
+    let _l = light();
+    // idle_timeout 1s, header_timeout 4s (defaults 2m and 10s): a legal configuration where
+    // the idle timeout is the shorter one. A connection that sends nothing must simply wait
+    // for the header timeout, not spin.
+    let cfg = format!(
+        "{WEB_POOL}{}",
+        http_service("web", 80, "web", "idle_timeout = \"1s\"\nheader_timeout = \"4s\"")
+    );
+    let h = start(LabSpec::default(), &cfg);
+    let pid = h.portier.pid().unwrap();
+    let mut c = h.client(c4(0), 80);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_millis(1200));
+    let cpu0 = cpu_time(pid);
+    std::thread::sleep(Duration::from_millis(2000));
+    let used = cpu_time(pid) - cpu0;
+    assert!(
+        used < Duration::from_millis(400),
+        "portier used {used:?} of CPU in 2 s for one silent connection"
+    );
+    let t = c.wait_closed(Duration::from_secs(5)).map(|t| t + t0.elapsed());
+    let t = t.unwrap_or_else(|e| panic!("silent connection: {e}"));
+    assert!(t < Duration::from_secs(6), "silent connection closed after {t:?}");
+    assert_eq!(h.client(c4(0), 80).get("/hello").head.status, 200);
+    h.assert_no_panic();
+}
+
+/// A minimal HTTP/2 (h2c, prior knowledge) client speaking raw frames.
+struct H2(Client);
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let n = payload.len();
+    let mut f = vec![(n >> 16) as u8, (n >> 8) as u8, n as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HEADERS (END_STREAM | END_HEADERS) for `GET path` with literal, unindexed HPACK fields.
+fn h2_get(stream: u32, path: &str) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x01, 11]);
+    block.extend_from_slice(b"198.19.0.10");
+    h2_frame(0x1, 0x5, stream, &block)
+}
+
+impl H2 {
+    /// The body of the response on `stream` (SETTINGS acknowledged on the way).
+    fn response(&mut self, stream: u32) -> String {
+        let mut body = Vec::new();
+        loop {
+            let mut head = [0u8; 9];
+            self.0.r.read_exact(&mut head).expect("h2 frame");
+            let n = (head[0] as usize) << 16 | (head[1] as usize) << 8 | head[2] as usize;
+            let (kind, flags) = (head[3], head[4]);
+            let id = u32::from_be_bytes([head[5] & 0x7f, head[6], head[7], head[8]]);
+            let mut payload = vec![0u8; n];
+            self.0.r.read_exact(&mut payload).expect("h2 payload");
+            match kind {
+                0x4 if flags & 1 == 0 => self.0.send(&h2_frame(0x4, 0x1, 0, &[])),
+                0x7 => panic!("GOAWAY: {payload:?}"),
+                0x0 if id == stream => {
+                    body.extend_from_slice(&payload);
+                    if flags & 1 == 1 {
+                        return String::from_utf8_lossy(&body).into_owned();
+                    }
+                }
+                0x1 if id == stream && flags & 1 == 1 => return String::new(),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn an_h2_connection_must_send_its_first_request_within_the_header_timeout() {
+    let _l = light();
+    // header_timeout 2s (default 10s), idle_timeout 30s (default 2m).
+    let cfg = format!(
+        "{WEB_POOL}{}",
+        http_service("web", 80, "web", "header_timeout = \"2s\"\nidle_timeout = \"30s\"")
+    );
+    let h = start(LabSpec::default(), &cfg);
+
+    // A well-behaved h2c client: requests answered, and a pause longer than the header
+    // timeout between two requests is fine (only the idle timeout applies between requests).
+    let mut ok = H2(h.client(c4(0), 80));
+    let mut hello = H2_PREFACE.to_vec();
+    hello.extend(h2_frame(0x4, 0, 0, &[]));
+    hello.extend(h2_get(1, "/hello"));
+    ok.0.send(&hello);
+    let body = ok.response(1);
+    assert!(body.starts_with("backend=cas0"), "{body:?}");
+    std::thread::sleep(Duration::from_millis(3000));
+    ok.0.send(&h2_get(3, "/hello"));
+    let body = ok.response(3);
+    assert!(body.starts_with("backend=cas0"), "second h2 request after a pause: {body:?}");
+
+    // Slowloris over h2: the preface at once, then the first HEADERS frame byte by byte.
+    let slow = h.client(c4(0), 80);
+    let mut first = H2_PREFACE.to_vec();
+    first.extend(h2_frame(0x4, 0, 0, &[]));
+    let mut s2 = slow.w.try_clone().unwrap();
+    s2.write_all(&first).unwrap();
+    let frame: &'static [u8] = h2_get(5, "/hello").leak();
+    let (t, n) = dribble_on(slow, frame, Duration::from_millis(300), Duration::from_secs(10));
+    assert!(
+        t < Duration::from_millis(3500),
+        "h2 connection without a complete request lived {t:?} ({n} bytes)"
+    );
+    h.wait_metrics(Duration::from_secs(3), "h2 slowloris counted", |m| {
+        metric(m, "portier_http_connection_errors_total", &["service=\"web\""]) >= 1.0
+    });
+    h.assert_no_panic();
+}
+
+#[test]
+fn an_h2_connection_whose_preface_came_in_pieces_is_still_treated_as_h2() {
+    let _l = light();
+    // header_timeout 2s (default 10s), idle_timeout 30s (default 2m). The client's first
+    // segment holds only part of the preface; once requests flow over HTTP/2, PINGs between
+    // them are not the start of a request head to be timed.
+    let cfg = format!(
+        "{WEB_POOL}{}",
+        http_service("web", 80, "web", "header_timeout = \"2s\"\nidle_timeout = \"30s\"")
+    );
+    let h = start(LabSpec::default(), &cfg);
+    let mut c = H2(h.client(c4(0), 80));
+    c.0.send(&H2_PREFACE[..8]);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut rest = H2_PREFACE[8..].to_vec();
+    rest.extend(h2_frame(0x4, 0, 0, &[]));
+    rest.extend(h2_get(1, "/hello"));
+    c.0.send(&rest);
+    assert!(c.response(1).starts_with("backend=cas0"));
+    for i in 0..10u64 {
+        std::thread::sleep(Duration::from_millis(300));
+        if c.0.w.write_all(&h2_frame(0x6, 0, 0, &i.to_be_bytes())).is_err() {
+            break;
+        }
+    }
+    c.0.send(&h2_get(3, "/hello"));
+    let body = c.response(3);
+    assert!(body.starts_with("backend=cas0"), "{body:?}");
     h.assert_no_panic();
 }
 
@@ -565,6 +767,34 @@ fn a_long_poll_outlives_the_idle_timeout_within_its_response_timeout() {
     // The connection is still usable right after.
     assert_eq!(c.get("/hello").head.status, 200);
     h.assert_no_panic();
+}
+
+#[test]
+fn sigterm_closes_idle_keep_alive_connections_and_lets_requests_in_flight_finish() {
+    let _l = light();
+    // drain_timeout 10s (default 30s); idle_timeout stays at its 2m default, so only the stop
+    // can close the idle keep-alive connection before the drain limit.
+    let cfg = format!("[global]\ndrain_timeout = \"10s\"\n{WEB_POOL}{}", http_service("web", 80, "web", ""));
+    let mut h = start(LabSpec::default(), &cfg);
+    let mut idle = h.client(c4(0), 80);
+    assert_eq!(idle.get("/hello").head.status, 200);
+    let mut busy = h.client(c4(0), 80);
+    let poll = std::thread::spawn(move || {
+        let r = busy.get("/slow?ms=2000");
+        (r.head.status, r.text())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    let status = h.portier.stop(Duration::from_secs(20)).expect("portier stop");
+    let took = t0.elapsed();
+    assert!(status.success(), "{status}");
+    let (code, text) = poll.join().unwrap();
+    assert_eq!(code, 200, "the request in flight must finish during the drain: {text}");
+    assert!(
+        took < Duration::from_secs(5),
+        "stop took {took:?}: the drain waited for an idle keep-alive connection"
+    );
+    assert!(idle.wait_closed(Duration::from_secs(1)).is_ok(), "idle keep-alive connection left open");
 }
 
 // 6 ------------------------------------------------------------------------------------------
@@ -619,10 +849,35 @@ fn timeouts_and_dead_servers_give_504_503_502_and_connect_failures_retry() {
     }
     let m = h.metrics();
     assert!(
-        metric(&m, "portier_backend_connect_errors_total", &["pool=\"mixed\"", "server=\"198.18.2.11:81\""]) >= 1.0,
+        metric(&m, "portier_backend_connect_errors_total", &["pool=\"mixed\"", "server=\"198.18.2.11:81\""])
+            >= 1.0,
         "{m}"
     );
     h.assert_no_panic();
+}
+
+#[test]
+fn a_slow_upload_longer_than_the_response_timeout_is_not_cut() {
+    let _l = light();
+    // response_timeout 2s (default 1h): "the server's response head must arrive within this
+    // after the request". An upload that takes 4 s while the server reads it steadily (as an
+    // RPC_IN_DATA channel does for hours) is not a server failing to answer.
+    let cfg = format!("{WEB_POOL}{}", http_service("web", 80, "web", "response_timeout = \"2s\""));
+    let h = start(LabSpec::default(), &cfg);
+    let mut c = h.client(c4(0), 80);
+    c.send(b"POST /upload HTTP/1.1\r\nHost: 198.19.0.10\r\nContent-Length: 4000\r\n\r\n");
+    let mut sum = Checksum::default();
+    for i in 0..4u8 {
+        std::thread::sleep(Duration::from_secs(1));
+        let chunk = [b'a' + i; 1000];
+        sum.update(&chunk);
+        if c.w.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    let r = c.response();
+    assert_eq!(r.head.status, 200, "{}", r.text());
+    assert_eq!(r.text(), format!("bytes=4000 hash={}\n", sum.hex()));
 }
 
 // 7 ------------------------------------------------------------------------------------------
@@ -717,6 +972,7 @@ fn hostile_input_gets_a_clean_error_or_close_and_is_counted() {
     for (i, (what, data, answers)) in cases.iter().enumerate() {
         let out = send_bad(&h, 80, data);
         let text = String::from_utf8_lossy(&out);
+        eprintln!("{what}: {:?}", text.lines().next().unwrap_or("(closed without an answer)"));
         assert!(
             out.is_empty() || answers.iter().any(|a| text.starts_with(a)),
             "{what}: unexpected answer {text:?}"
@@ -768,6 +1024,75 @@ fn upgrade_passes_the_101_and_bytes_both_ways() {
     writer.join().unwrap();
     assert!(back == data, "upgraded bytes differ");
     h.assert_no_panic();
+}
+
+// Connection-based authentication -------------------------------------------------------------
+
+#[test]
+fn a_server_connection_authenticated_by_one_client_connection_is_not_lent_to_another() {
+    let _l = light();
+    // IIS authenticates NTLM/Negotiate per TCP connection: after the handshake, every request
+    // on that connection runs as the user. Two client connections from one address (users of
+    // one terminal server, or behind one NAT) must therefore never share a server connection.
+    let cfg = format!(
+        "[pools.one]\nservers = [{{ address = \"198.18.2.11:80\" }}]\n{}",
+        http_service("web", 80, "one", "")
+    );
+    let h = start(LabSpec::default(), &cfg);
+    let whoami = |c: &mut Client, auth: &str| {
+        c.send(format!("GET /whoami HTTP/1.1\r\nHost: mail.example.test\r\n{auth}\r\n").as_bytes());
+        let r = c.response();
+        assert_eq!(r.head.status, 200, "{r:?}");
+        r.text()
+    };
+    let mut alice = h.client(c4(0), 80);
+    let a = whoami(&mut alice, "Authorization: NTLM alice\r\n");
+    assert!(a.starts_with("user=alice "), "{a}");
+    // Another user's connection from the same address, sending no credentials.
+    let mut bob = h.client(c4(0), 80);
+    let b = whoami(&mut bob, "");
+    assert!(
+        b.starts_with("user=anonymous "),
+        "bob's request ran on alice's authenticated server connection: {b}"
+    );
+    // Alice's own connection stays authenticated.
+    let a2 = whoami(&mut alice, "");
+    assert!(a2.starts_with("user=alice "), "alice lost her authenticated server connection: {a2}");
+}
+
+#[test]
+fn curl_upload_with_expect_100_continue_does_not_stall() {
+    let _l = light();
+    let h = start(LabSpec::default(), &format!("{WEB_POOL}{}", http_service("web", 80, "web", "")));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body");
+    let mut data = vec![0u8; 3 << 20];
+    pattern_fill(0, &mut data);
+    std::fs::write(&file, &data).unwrap();
+    let mut sum = Checksum::default();
+    sum.update(&data);
+    // curl sends `Expect: 100-continue` for bodies over 1 MiB and waits up to 1 s for the 100.
+    let out = h
+        .lab
+        .client
+        .command("curl")
+        .args(["-sS", "--max-time", "20", "-w", "\n%{time_total} %{http_code}", "-H", "Expect: 100-continue"])
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg("http://198.19.0.10/upload")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{text}");
+    assert!(
+        text.starts_with(&format!("bytes={} hash={}\n", data.len(), sum.hex())),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (time, code) = text.lines().last().unwrap().split_once(' ').unwrap();
+    assert_eq!(code, "200");
+    let time: f64 = time.parse().unwrap();
+    assert!(time < 0.9, "the upload stalled {time} s: no 100 Continue came back");
 }
 
 // 9 ------------------------------------------------------------------------------------------
@@ -876,10 +1201,11 @@ fn access_log_has_one_line_per_request_as_text_and_json() {
     // Text: three requests on one connection from 198.18.1.3.
     let mut c = h.client(c4(1), 80);
     let local = c.w.local_addr().unwrap();
-    assert_eq!(c.get("/hello").head.status, 200);
-    assert_eq!(upload(&mut c).head.status, 200);
-    let d = c.get("/download?bytes=5000");
-    assert_eq!(d.body.len(), 5000);
+    let sizes = [c.get("/hello"), upload(&mut c), c.get("/download?bytes=5000")].map(|r| {
+        assert_eq!(r.head.status, 200, "{r:?}");
+        r.body.len()
+    });
+    assert_eq!(sizes[2], 5000);
     // JSON: the same on the other service.
     let mut j = h.client(c4(0), 8080);
     assert_eq!(j.get("/hello").head.status, 200);
@@ -898,25 +1224,25 @@ fn access_log_has_one_line_per_request_as_text_and_json() {
     let text: Vec<&String> = lines.iter().filter(|l| l.starts_with("service=web ")).collect();
     assert_eq!(text.len(), 3, "{lines:#?}");
     let client = format!("client={local} ");
-    for (l, (method, path, bytes_in, bytes_out)) in text.iter().zip([
-        ("GET", "/hello", 0, "bytes_out=".len()),
-        ("POST", "/upload?x=1", 1000, 0),
-        ("GET", "/download?bytes=5000", 0, 0),
-    ]) {
-        let _ = bytes_out;
+    for (i, (l, (method, path, bytes_in))) in text
+        .iter()
+        .zip([("GET", "/hello", 0), ("POST", "/upload?x=1", 1000), ("GET", "/download?bytes=5000", 0)])
+        .enumerate()
+    {
         for want in [
             client.as_str(),
             &format!("method={method} "),
             &format!("path={path} "),
             "status=200 ",
             &format!("bytes_in={bytes_in} "),
+            &format!("bytes_out={} ", sizes[i]),
             "duration_ms=",
         ] {
             assert!(l.contains(want), "{want:?} missing in {l}");
         }
         assert!(l.contains("server=198.18.2.11:80 ") || l.contains("server=198.18.2.12:80 "), "{l}");
-        assert!(l.contains("host=198.19.0.10 ") || l.contains("host=mail.example.test "), "{l}");
     }
+    assert!(text[0].contains("host=198.19.0.10 "), "{}", text[0]);
     assert!(text[2].contains("bytes_out=5000 "), "{}", text[2]);
     assert!(text[1].contains("host=mail.example.test "), "{}", text[1]);
 

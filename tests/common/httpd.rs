@@ -12,6 +12,10 @@
 //!   `got=TOTAL\n` line per body chunk received, for as long as the client sends
 //! - `/rpc_out` or method `RPC_OUT_DATA`: the server-to-client channel: 200 with
 //!   `backend=NAME peer=IP\n`, then `tick=I\n` every 100 ms, never ending
+//! - `/whoami`: connection-based authentication as IIS does it for NTLM/Negotiate: a request
+//!   with `Authorization: NTLM USER` authenticates its connection as USER, and later requests
+//!   on that connection are USER without sending credentials again. Answers
+//!   `user=USER conn=N\n` (`anonymous` before any), N numbering the backend's connections
 //! - any path with `Upgrade: test`: 101, then the connection echoes every byte
 //! - anything else: 404
 //!
@@ -242,16 +246,22 @@ async fn accept_loop(listener: tokio::net::TcpListener, name: Arc<str>, stats: A
             continue;
         };
         let _ = stream.set_nodelay(true);
-        stats.connections.fetch_add(1, Ordering::Relaxed);
+        let id = stats.connections.fetch_add(1, Ordering::Relaxed) + 1;
         stats.open.fetch_add(1, Ordering::Relaxed);
         let guard = OpenGuard(stats.clone());
         let (name, stats) = (name.clone(), stats.clone());
+        let user: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
         tokio::spawn(async move {
             let _guard = guard;
             let svc = hyper::service::service_fn(move |req| {
                 stats.requests.fetch_add(1, Ordering::Relaxed);
-                let name = name.clone();
-                async move { Ok::<_, Infallible>(handle(req, &name, peer).await) }
+                let (name, user) = (name.clone(), user.clone());
+                async move {
+                    if req.uri().path() == "/whoami" {
+                        return Ok::<_, Infallible>(whoami(&req, &user, id));
+                    }
+                    Ok::<_, Infallible>(handle(req, &name, peer).await)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -259,6 +269,16 @@ async fn accept_loop(listener: tokio::net::TcpListener, name: Arc<str>, stats: A
                 .await;
         });
     }
+}
+
+fn whoami(req: &Request<Incoming>, user: &std::sync::Mutex<Option<String>>, id: u64) -> Response<RespBody> {
+    let mut user = user.lock().unwrap();
+    let creds = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if let Some(u) = creds.and_then(|c| c.strip_prefix("NTLM ")) {
+        *user = Some(u.to_string());
+    }
+    let who = user.as_deref().unwrap_or("anonymous");
+    status(StatusCode::OK, full(format!("user={who} conn={id}\n")))
 }
 
 fn query(req: &Request<Incoming>, key: &str) -> Option<u64> {
@@ -273,8 +293,11 @@ fn status(code: StatusCode, body: RespBody) -> Response<RespBody> {
 
 async fn handle(mut req: Request<Incoming>, name: &str, peer: SocketAddr) -> Response<RespBody> {
     let hello = format!("backend={name} peer={}\n", peer.ip());
-    let is_test_upgrade =
-        req.headers().get(header::UPGRADE).map(|v| v.as_bytes().eq_ignore_ascii_case(b"test")).unwrap_or(false);
+    let is_test_upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .map(|v| v.as_bytes().eq_ignore_ascii_case(b"test"))
+        .unwrap_or(false);
     if is_test_upgrade {
         let on = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {

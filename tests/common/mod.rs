@@ -1,6 +1,7 @@
 //! Shared helpers for the lab tests: a lab with echo backends and a real portier process.
 #![allow(dead_code)]
 
+pub mod httpd;
 pub mod nginx;
 
 use std::io::{BufRead, BufReader, Read, Write};

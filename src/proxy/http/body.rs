@@ -12,16 +12,45 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 
+/// Set once the request body has been sent whole: the response timeout runs from there, so
+/// a long upload (or Outlook Anywhere's RPC_IN_DATA, answered only when it ends) is not cut.
+#[derive(Default)]
+pub struct BodySent {
+    done: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl BodySent {
+    pub fn mark(&self) {
+        if !self.done.swap(true, Ordering::Relaxed) {
+            self.notify.notify_waiters();
+        }
+    }
+    pub async fn wait(&self) {
+        loop {
+            let n = self.notify.notified();
+            if self.done.load(Ordering::Relaxed) {
+                return;
+            }
+            n.await;
+        }
+    }
+}
+
 /// The client's request body on its way to the server.
 pub struct RequestBody {
     inner: Incoming,
     seen: Arc<AtomicU64>,
     counter: Counter,
+    sent: Arc<BodySent>,
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, seen: Arc<AtomicU64>, counter: Counter) -> Self {
-        RequestBody { inner, seen, counter }
+    pub fn new(inner: Incoming, seen: Arc<AtomicU64>, counter: Counter, sent: Arc<BodySent>) -> Self {
+        if inner.is_end_stream() {
+            sent.mark();
+        }
+        RequestBody { inner, seen, counter, sent }
     }
 }
 
@@ -34,11 +63,18 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(f))) = &r {
-            if let Some(d) = f.data_ref() {
-                self.seen.fetch_add(d.len() as u64, Ordering::Relaxed);
-                self.counter.inc_by(d.len() as u64);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.seen.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    self.counter.inc_by(d.len() as u64);
+                }
+                if self.inner.is_end_stream() {
+                    self.sent.mark();
+                }
             }
+            Poll::Ready(None) => self.sent.mark(),
+            _ => {}
         }
         r
     }

@@ -12,7 +12,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 
-use super::body::{Finish, RequestBody, ResponseBody};
+use super::body::{BodySent, Finish, RequestBody, ResponseBody};
 use super::log::{format, AccessRecord};
 use super::route::{cookie, route, set_cookie_value};
 use super::upstream::{connect, UpstreamKey};
@@ -49,7 +49,9 @@ impl Finish for Exchange {
     fn finish(self: Box<Self>, bytes_out: u64, complete: bool) {
         let this = *self;
         if let (true, Some((key, sender))) = (complete, this.reuse) {
-            this.hs.upstream.checkin(key, sender);
+            // Back to this client connection's own pool: a server connection is never lent to
+            // another client connection (IIS ties NTLM/Negotiate logins to the connection).
+            this._in_flight.0.upstream.checkin(key, sender);
         }
         let duration = this.facts.started.elapsed();
         this.hs.metrics.duration.observe(duration.as_secs_f64());
@@ -96,6 +98,18 @@ fn hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// HTTP/2 clients may send each cookie as its own field (RFC 9113 8.2.3); towards an
+/// HTTP/1.1 server they must be one `Cookie:` line joined with "; " (IIS would join repeated
+/// lines with ", " and corrupt them).
+fn join_cookies(headers: &mut HeaderMap) {
+    let crumbs: Vec<&[u8]> = headers.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes).collect();
+    if crumbs.len() > 1 {
+        if let Ok(v) = HeaderValue::from_bytes(&crumbs.join(&b"; "[..])) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+}
+
 fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.headers().contains_key(header::UPGRADE)
         && req
@@ -134,7 +148,19 @@ fn plain(
 fn preferred(hs: &HttpService, pool: &Pool, headers: &HeaderMap, now: Instant) -> Option<usize> {
     let cookies = || headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes());
     match hs.svc.sticky.as_ref()? {
-        Sticky::Cookie { name, .. } => cookie(cookies(), name).and_then(|v| pool.index_of_cookie(v)),
+        Sticky::Cookie { name, .. } => {
+            let v = cookie(cookies(), name)?;
+            pool.index_of_cookie(v).or_else(|| {
+                // Set by another pool of this service (the one cookie has Path=/ for every
+                // route): the same host in this pool, as client-IP tables do.
+                let svc = &hs.svc;
+                svc.pool
+                    .iter()
+                    .chain(svc.routes.iter().map(|(_, p)| p))
+                    .find_map(|p| p.index_of_cookie(v).map(|i| p.servers[i].config.address))
+                    .and_then(|ip| pool.index_of(ip))
+            })
+        }
         Sticky::ServerCookie { name, table } => {
             cookie(cookies(), name).and_then(|v| table.get(v, now)).and_then(|ip| pool.index_of(ip))
         }
@@ -222,7 +248,7 @@ pub async fn handle(
         let guard = ActiveGuard::new(server.clone());
         // A pooled connection the server closed meanwhile is not the server's fault: open a
         // fresh one to the same server before counting a failure.
-        let pooled = match hs.upstream.checkout(&key) {
+        let pooled = match in_flight.0.upstream.checkout(&key) {
             Some(mut s) => s.ready().await.ok().map(|()| s),
             None => None,
         };
@@ -248,6 +274,9 @@ pub async fn handle(
     let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     hop_by_hop(&mut parts.headers, client_upgrade.is_some());
+    if facts.h2 {
+        join_cookies(&mut parts.headers);
+    }
     if !parts.headers.contains_key(header::HOST) && !facts.host.is_empty() {
         if let Ok(v) = HeaderValue::from_str(&facts.host) {
             parts.headers.insert(header::HOST, v);
@@ -265,13 +294,21 @@ pub async fn handle(
     parts.version = Version::HTTP_11;
     parts.uri = facts.path.parse().unwrap_or_else(|_| hyper::Uri::from_static("/"));
     let bytes_in = Arc::new(AtomicU64::new(0));
+    let body_sent = Arc::new(BodySent::default());
     let up_req = Request::from_parts(
         parts,
-        RequestBody::new(body, bytes_in.clone(), server.metrics.bytes_to_server.clone()),
+        RequestBody::new(body, bytes_in.clone(), server.metrics.bytes_to_server.clone(), body_sent.clone()),
     );
 
+    // The response timeout runs once the request body is sent whole, not during the upload.
     let timeout = svc.config.response_timeout;
-    let resp = match tokio::time::timeout(timeout, sender.send_request(up_req)).await {
+    let exchange = sender.send_request(up_req);
+    tokio::pin!(exchange);
+    let answered = tokio::select! {
+        r = &mut exchange => Ok(r),
+        _ = body_sent.wait() => tokio::time::timeout(timeout, &mut exchange).await,
+    };
+    let resp = match answered {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             tracing::warn!(service = %svc.config.name, %client, server = %server.label, "server response failed: {e}");
@@ -288,16 +325,25 @@ pub async fn handle(
     let mut resp = resp;
     let status = resp.status();
     let upgraded = status == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_some();
+    let mut active = Some(guard);
     if upgraded {
+        // The tunnel outlives this request: it keeps the server's connection count, its bytes
+        // are counted, and a stopping portier waits for it like for any connection.
         let server_upgrade = hyper::upgrade::on(&mut resp);
-        let (cu, label) = (client_upgrade.expect("checked above"), server.label.clone());
+        let cu = client_upgrade.expect("checked above");
+        let (srv, tunnel_guard, drain_guard) = (server.clone(), active.take(), hs.drain.enter());
         tokio::spawn(async move {
             match tokio::try_join!(cu, server_upgrade) {
                 Ok((c, s)) => {
-                    let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(s)).await;
+                    let r = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(s)).await;
+                    if let Ok((up, down)) = r {
+                        srv.metrics.bytes_to_server.inc_by(up);
+                        srv.metrics.bytes_to_client.inc_by(down);
+                    }
                 }
-                Err(e) => tracing::debug!(server = %label, "upgrade failed: {e}"),
+                Err(e) => tracing::debug!(server = %srv.label, "upgrade failed: {e}"),
             }
+            drop((tunnel_guard, drain_guard));
         });
     }
     if let Some(Sticky::ServerCookie { name, table }) = &svc.sticky {
@@ -334,7 +380,7 @@ pub async fn handle(
         server: Some(server.clone()),
         bytes_in,
         reuse: (!upgraded).then_some((key, sender)),
-        _active: Some(guard),
+        _active: active,
         _in_flight: in_flight,
     };
     Response::from_parts(

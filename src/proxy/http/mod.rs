@@ -35,7 +35,8 @@ pub use upstream::{UpstreamPool, UpstreamTlsConfig};
 /// Everything the L7 path of one service needs, built once at start.
 pub struct HttpService {
     pub svc: Arc<Service>,
-    pub upstream: Arc<UpstreamPool>,
+    /// Upgraded tunnels (WebSocket) outlive their client connection's task: they enter here.
+    pub drain: Arc<Drain>,
     /// Re-encryption settings by pool name, for pools with `tls`.
     pub upstream_tls: HashMap<String, UpstreamTlsConfig>,
     pub metrics: HttpServiceMetrics,
@@ -60,7 +61,7 @@ impl HttpService {
         svc: Arc<Service>,
         config: &Config,
         metrics: &Metrics,
-        upstream: Arc<UpstreamPool>,
+        drain: Arc<Drain>,
     ) -> Result<HttpService, HttpSetupError> {
         let m = metrics.http_service(&svc.config.name);
         let mut upstream_tls = HashMap::new();
@@ -98,7 +99,7 @@ impl HttpService {
             None
         };
         let scheme = if svc.config.mode == Mode::Https { "https" } else { "http" };
-        Ok(HttpService { svc, upstream, upstream_tls, metrics: m, request_counters, scheme, acceptor })
+        Ok(HttpService { svc, drain, upstream_tls, metrics: m, request_counters, scheme, acceptor })
     }
 
     /// Re-reads the certificates (SIGHUP); established connections keep theirs.
@@ -130,9 +131,14 @@ pub struct ConnState {
     in_flight: AtomicUsize,
     /// Milliseconds since `epoch` when the pending head started; NO_HEAD when none.
     head_since_ms: AtomicU64,
-    /// HTTP/2 (prior knowledge or ALPN): heads are frames on a shared connection, not timed here.
+    /// HTTP/2 (prior knowledge or ALPN): heads are frames on a shared connection, not timed
+    /// here once the first request arrived (until then the accept's deadline holds).
     h2: std::sync::atomic::AtomicBool,
     seen_bytes: std::sync::atomic::AtomicBool,
+    /// Wakes the watchdog when a head starts, so its own deadline applies at once.
+    head_started: tokio::sync::Notify,
+    /// This client connection's own idle server connections (see `upstream`).
+    upstream: UpstreamPool,
 }
 
 const NO_HEAD: u64 = u64::MAX;
@@ -147,6 +153,8 @@ impl ConnState {
             head_since_ms: AtomicU64::new(0),
             h2: std::sync::atomic::AtomicBool::new(false),
             seen_bytes: std::sync::atomic::AtomicBool::new(false),
+            head_started: tokio::sync::Notify::new(),
+            upstream: UpstreamPool::default(),
         }
     }
     fn now_ms(&self) -> u64 {
@@ -168,16 +176,20 @@ impl ConnState {
     fn on_read(&self, first_bytes: &[u8]) {
         self.touch();
         if !self.seen_bytes.swap(true, Ordering::Relaxed) && first_bytes.starts_with(b"PRI * HTTP/2.0") {
+            // The first request's deadline (from the accept) still holds: a client that
+            // sends the preface and then trickles its HEADERS is a slowloris too.
             self.h2.store(true, Ordering::Relaxed);
-            self.head_since_ms.store(NO_HEAD, Ordering::Relaxed);
         }
         if !self.h2.load(Ordering::Relaxed) && self.in_flight.load(Ordering::Relaxed) == 0 {
-            let _ = self.head_since_ms.compare_exchange(
+            let started = self.head_since_ms.compare_exchange(
                 NO_HEAD,
                 self.now_ms(),
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             );
+            if started.is_ok() {
+                self.head_started.notify_one();
+            }
         }
     }
 }
@@ -244,15 +256,25 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
 /// one gets 431 from hyper and is counted as a connection error.
 const MAX_HEAD: usize = 64 * 1024;
 
-async fn serve<IO>(io: IO, client: ClientAddr, orig: OrigDstAddr, hs: Arc<HttpService>)
-where
+async fn serve<IO>(
+    io: IO,
+    client: ClientAddr,
+    orig: OrigDstAddr,
+    hs: Arc<HttpService>,
+    mut stop: watch::Receiver<bool>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let state = Arc::new(ConnState::new());
     let io = Tracked { io, state: state.clone() };
     let (hs2, st2) = (hs.clone(), state.clone());
-    let service = hyper::service::service_fn(move |req| {
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let (hs, st) = (hs2.clone(), st2.clone());
+        if req.version() == hyper::Version::HTTP_2 {
+            // Sure now, even if the first read held only part of the preface: frames between
+            // streams (PING, WINDOW_UPDATE) must not start a head timer.
+            st.h2.store(true, Ordering::Relaxed);
+        }
         async move { Ok::<_, Infallible>(forward::handle(req, client, orig, hs, st).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -263,6 +285,7 @@ where
     let idle = hs.svc.config.idle_timeout;
     let header = hs.svc.config.header_timeout;
     let mut closing = false;
+    let mut stopping = false;
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -283,6 +306,13 @@ where
                     tracing::debug!(service = %hs.svc.config.name, %client, "request head not complete within {header:?}: closed");
                     return;
                 }
+            },
+            // portier stops: an idle keep-alive connection closes now, a busy one once its
+            // response is sent (h2: GOAWAY), instead of holding the drain until its limit.
+            // The watchdog stays on, so a trickling head is still cut at the header timeout.
+            _ = stop.wait_for(|s| *s), if !stopping => {
+                conn.as_mut().graceful_shutdown();
+                stopping = true;
             }
         }
     }
@@ -295,12 +325,17 @@ enum Watch {
 
 async fn watchdog(state: &ConnState, idle: Duration, header: Duration) -> Watch {
     loop {
-        let idle_at = state.last() + idle;
+        // While a head arrives only the header timeout governs it (the idle deadline may be
+        // past: sleeping until it would spin); between requests, the idle timeout.
         let deadline = match state.head_since() {
-            Some(h) => (h + header).min(idle_at),
-            None => idle_at,
+            Some(h) => h + header,
+            None => state.last() + idle,
         };
-        tokio::time::sleep_until(deadline).await;
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {}
+            // A head started during a (longer) idle sleep: recompute with its deadline.
+            _ = state.head_started.notified() => continue,
+        }
         if let Some(h) = state.head_since() {
             if h.elapsed() >= header {
                 return Watch::HeaderTimeout;
@@ -317,19 +352,24 @@ async fn watchdog(state: &ConnState, idle: Duration, header: Duration) -> Watch 
 }
 
 /// One client connection of an http, https or redirect service.
-async fn connection(stream: TcpStream, client: ClientAddr, hs: Arc<HttpService>) {
+async fn connection(
+    stream: TcpStream,
+    client: ClientAddr,
+    hs: Arc<HttpService>,
+    stop: watch::Receiver<bool>,
+) {
     hs.svc.metrics.connections.inc();
     let Ok(orig) = stream.local_addr().map(OrigDstAddr) else { return };
     let _ = stream.set_nodelay(true);
     match &hs.acceptor {
-        None => serve(stream, client, orig, hs).await,
+        None => serve(stream, client, orig, hs, stop).await,
         Some(acceptor) => {
             let handshake =
                 tokio::time::timeout(hs.svc.config.header_timeout, acceptor.acceptor().accept(stream)).await;
             match handshake {
                 Ok(Ok(tls)) => {
                     hs.metrics.tls_handshakes.inc();
-                    serve(tls, client, orig, hs).await
+                    serve(tls, client, orig, hs, stop).await
                 }
                 Ok(Err(e)) => {
                     hs.metrics.tls_failures.inc();
@@ -358,9 +398,9 @@ pub async fn accept_loop(
             }
             Ok((stream, peer)) => {
                 let guard = drain.enter();
-                let hs = hs.clone();
+                let (hs, stop) = (hs.clone(), stop.clone());
                 tokio::spawn(async move {
-                    connection(stream, ClientAddr(peer), hs).await;
+                    connection(stream, ClientAddr(peer), hs, stop).await;
                     drop(guard);
                 });
             }

@@ -18,7 +18,9 @@ pub fn bare_host(host: &str) -> &str {
 }
 
 pub fn host_matches(pattern: &str, host: &str) -> bool {
+    // `mail.example.test.` (fully qualified, as SNI lookups already accept) is the same host.
     let host = bare_host(host);
+    let host = host.strip_suffix('.').unwrap_or(host);
     match pattern.strip_prefix("*.") {
         Some(domain) => match host.split_once('.') {
             Some((label, rest)) => !label.is_empty() && rest.eq_ignore_ascii_case(domain),
@@ -91,6 +93,9 @@ mod tests {
         assert!(!host_matches("*.example.test", "a.b.example.test"));
         assert!(!host_matches("*.example.test", "example.test"));
         assert!(!host_matches("mail.example.test", "mail.example.test.evil"));
+        assert!(host_matches("mail.example.test", "mail.example.test.:443"));
+        assert!(host_matches("*.example.test", "lync.example.test."));
+        assert!(!host_matches("mail.example.test", "mail.example.test.."));
         assert_eq!(bare_host("[2001:db8::1]:443"), "2001:db8::1");
         assert_eq!(bare_host("2001:db8::1"), "2001:db8::1");
     }
