@@ -5,18 +5,19 @@
 //! Every nginx answers on 80 and 443 (TLS) with one line naming itself and what it saw:
 //! `backend=NAME peer=ADDR host=HOST proto=SCHEME xff=X-Forwarded-For cookie=COOKIE`.
 //! `/healthz` answers `ok`, `/wsman` sets a server cookie `MS-WSMAN=NAME-<msec>; Path=/`
-//! (what Lync's web services do) and `/redirect-me` answers a 302 to `/landed`.
+//! (what Lync's web services do), `/redirect-me` answers a 302 to `/landed` and `/upload`
+//! reads the whole request body, then answers `backend=NAME uploaded=CONTENT-LENGTH`.
 
 use std::io;
 use std::net::IpAddr;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use portier::lab::{Netns, VIP_V4};
+use portier::lab::{EchoBackend, Lab, LabSpec, Netns, PortierProcess, VIP_V4};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 
 /// Where the shipped configurations expect certificates; tests replace it with their own
@@ -103,20 +104,36 @@ http {{
     scgi_temp_path {d}/scgi;
     default_type text/plain;
     keepalive_timeout 65s;
+    client_max_body_size 0;
     server {{
         listen 80;
+        listen [::]:80;
         listen 443 ssl;
+        listen [::]:443 ssl;
         ssl_certificate {cert};
         ssl_certificate_key {key};
         location / {{
             return 200 "backend={name} peer=$remote_addr host=$host proto=$scheme xff=$http_x_forwarded_for cookie=$http_cookie\n";
         }}
         location = /healthz {{ return 200 "ok\n"; }}
+        # Compressed on the fly: a chunked response without Content-Length.
+        location = /gz {{
+            gzip on;
+            gzip_types text/plain;
+            gzip_min_length 1;
+            return 200 "backend={name} peer=$remote_addr host=$host proto=$scheme xff= cookie=\n";
+        }}
         location /wsman {{
             add_header Set-Cookie "MS-WSMAN={name}-$msec; Path=/";
             return 200 "backend={name} wsman\n";
         }}
         location = /redirect-me {{ return 302 /landed; }}
+        # Reads the whole request body (proxy request buffering) before answering.
+        location = /upload {{
+            proxy_pass http://127.0.0.1:80/uploaded;
+            proxy_set_header X-Length $content_length;
+        }}
+        location = /uploaded {{ return 200 "backend={name} uploaded=$http_x_length\n"; }}
     }}
 }}
 "#
@@ -290,7 +307,126 @@ pub fn curl_command(client: &Netns, certs: &Certs, src: IpAddr) -> Command {
     cmd
 }
 
-/// Path of a file inside the test's temporary directory as a string (for command lines).
-pub fn s(p: &Path) -> String {
-    p.display().to_string()
+/// A lab with nginx cas01, cas02, ... in the backends (plus echo servers of the same names on
+/// `echo_ports`), certificates, and portier running a configuration.
+pub struct L7 {
+    pub portier: PortierProcess,
+    pub nginx: Vec<Nginx>,
+    pub echo: Vec<EchoBackend>,
+    pub lab: Lab,
+    pub certs: Certs,
+}
+
+/// Builds an [`L7`]; `config`'s `/etc/portier/tls/` paths are rewritten to the test's own.
+pub fn start(spec: LabSpec, echo_ports: &[u16], config: &str) -> L7 {
+    let certs = Certs::generate();
+    let lab = Lab::build(&spec).expect("lab build (needs root, iproute2, nftables)");
+    let name = |i: usize| format!("cas{:02}", i + 1);
+    let nginx = lab
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| Nginx::start(ns, &name(i), &certs).expect("nginx"))
+        .collect();
+    let echo = if echo_ports.is_empty() {
+        Vec::new()
+    } else {
+        lab.backends
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| EchoBackend::start(ns, &name(i), echo_ports).expect("echo backend"))
+            .collect()
+    };
+    let portier = PortierProcess::start(&lab.balancer, super::exe(), &certs.rewrite(config), super::ADMIN)
+        .expect("portier start");
+    L7 { portier, nginx, echo, lab, certs }
+}
+
+impl L7 {
+    pub fn curl(&self, src: IpAddr, args: &[&str]) -> CurlOut {
+        curl(&self.lab.client, &self.certs, src, args)
+    }
+
+    /// A request that must succeed and be answered by a backend.
+    pub fn get(&self, src: IpAddr, args: &[&str]) -> (CurlOut, Echo) {
+        let out = self.curl(src, args);
+        assert!(out.ok, "curl {args:?} failed:\n{}\nportier log:\n{}", out.stderr, self.portier.log_tail());
+        let e = out.echo();
+        (out, e)
+    }
+
+    /// The backend that answered a request that must succeed.
+    pub fn backend(&self, src: IpAddr, args: &[&str]) -> String {
+        self.get(src, args).1.backend
+    }
+
+    /// Connects from `src` to VIP:`port` and reads an echo backend's greeting.
+    pub fn greet(&self, src: IpAddr, port: u16) -> portier::lab::Greeting {
+        portier::lab::greet(&self.lab.client, Some(src), super::vip4(port), super::T)
+            .unwrap_or_else(|e| panic!("greet VIP:{port} from {src}: {e}\n{}", self.portier.log_tail()))
+    }
+}
+
+/// How many times each backend name occurs.
+pub fn count(backends: impl IntoIterator<Item = String>) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for b in backends {
+        *m.entry(b).or_insert(0) += 1;
+    }
+    m
+}
+
+/// A raw HTTP/1.1 server in a backend namespace that answers every request with the request
+/// head exactly as received (one response per connection), for checks nginx cannot make
+/// (e.g. how many `Cookie:` lines arrived). Stopped on drop.
+pub struct HeadEcho {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HeadEcho {
+    pub fn start(ns: &Netns, port: u16) -> HeadEcho {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = ns
+            .run(move || std::net::TcpListener::bind(("0.0.0.0", port)))
+            .expect("enter namespace")
+            .expect("bind head echo");
+        listener.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok((mut c, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let _ = c.set_nonblocking(false);
+                let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    head.len()
+                );
+                let _ = c.write_all(reply.as_bytes()).and_then(|_| c.write_all(&head));
+            }
+        });
+        HeadEcho { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for HeadEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

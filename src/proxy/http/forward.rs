@@ -244,7 +244,7 @@ pub async fn handle(
             return plain(&hs, facts, in_flight, StatusCode::BAD_GATEWAY, text);
         };
         let server = pool.servers[i].clone();
-        let key = UpstreamKey { server: server.target(orig.port()), source, tls: tls.is_some() };
+        let key = UpstreamKey { server: server.target(orig.port()), source, tls: tls.map_or(0, |t| t.id()) };
         let guard = ActiveGuard::new(server.clone());
         // A pooled connection the server closed meanwhile is not the server's fault: open a
         // fresh one to the same server before counting a failure.

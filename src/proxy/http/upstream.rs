@@ -24,7 +24,9 @@ const MAX_IDLE_PER_KEY: usize = 16;
 pub struct UpstreamKey {
     pub server: SocketAddr,
     pub source: UpstreamSource,
-    pub tls: bool,
+    /// Identity of the pool's TLS settings (0: plain): a connection opened without
+    /// verification, or for another SNI, must never serve a pool that verifies.
+    pub tls: usize,
 }
 
 /// TLS towards one pool's servers.
@@ -53,6 +55,13 @@ pub enum UpstreamError {
     Tls(SocketAddr, std::io::Error),
     #[error("HTTP/1.1 handshake with {0}: {1}")]
     Handshake(SocketAddr, hyper::Error),
+}
+
+impl UpstreamTlsConfig {
+    /// Distinct for every pool's TLS settings (each pool builds its own client config).
+    pub fn id(&self) -> usize {
+        Arc::as_ptr(&self.config) as usize
+    }
 }
 
 impl UpstreamPool {
