@@ -1,0 +1,129 @@
+//! Lab test: SIGHUP re-reads the HTTPS certificates without dropping established connections;
+//! a bad file keeps the running ones; the L7 metrics pass `promtool check metrics`.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::nginx::{start, L7};
+use common::*;
+use portier::lab::LabSpec;
+
+const CFG: &str = r#"
+[pools.web]
+servers = [ { address = "198.18.2.11:443" } ]
+tls = { verify = false }
+
+[services.web]
+vip = "198.19.0.10"
+ports = [443]
+mode = "https"
+certificates = [ { cert = "/etc/portier/tls/mail.pem", key = "/etc/portier/tls/mail.key" } ]
+pool = "web"
+"#;
+
+fn subject(l: &L7) -> String {
+    // -k: after the reload the certificate is self-signed; what matters is which one is served.
+    let out = l.curl(c4(0), &["-v", "-k", "https://mail.example.test/"]);
+    assert!(out.ok, "{}", out.stderr);
+    out.subject().unwrap_or_default().to_string()
+}
+
+fn sighup(l: &L7) {
+    let pid = l.portier.pid().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
+}
+
+fn wait_log(l: &L7, needle: &str, times: usize) {
+    let ok = (0..250).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        l.portier.log().matches(needle).count() >= times
+    });
+    assert!(ok, "log never said {needle:?} ({times}x):\n{}", l.portier.log_tail());
+}
+
+#[test]
+fn sighup_reloads_certificates_and_keeps_established_connections() {
+    let l = start(LabSpec { backends: 1, extra_clients: 0 }, &[], CFG);
+    assert!(subject(&l).contains("mail.example.test"));
+
+    // An established TLS connection: one request now, one after the reload.
+    let mut s_client = l
+        .lab
+        .client
+        .command("openssl")
+        .args(["s_client", "-quiet", "-connect", "198.19.0.10:443", "-servername", "mail.example.test"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_client");
+    let mut to_server = s_client.stdin.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    let stdout = s_client.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let request = b"GET / HTTP/1.1\r\nHost: mail.example.test\r\n\r\n";
+    let answered = |rx: &mpsc::Receiver<String>| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with("backend=") => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+        false
+    };
+    to_server.write_all(request).unwrap();
+    assert!(answered(&rx), "first request on the held connection");
+
+    // New certificate for the same name, self-signed and recognisable by its CN.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(vec!["mail.example.test".to_string()]).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, "mail.example.test second edition");
+    let cert = p.self_signed(&key).unwrap();
+    std::fs::write(l.certs.path("mail.pem"), cert.pem()).unwrap();
+    std::fs::write(l.certs.path("mail.key"), key.serialize_pem()).unwrap();
+    sighup(&l);
+    wait_log(&l, "certificates reloaded", 1);
+    assert!(subject(&l).contains("second edition"), "new handshakes must get the new certificate");
+
+    // The connection made before the reload still works.
+    to_server.write_all(request).unwrap();
+    assert!(answered(&rx), "the established connection must survive the reload");
+
+    // A broken file: the reload is refused and the running certificate stays.
+    std::fs::write(l.certs.path("mail.pem"), "not a certificate").unwrap();
+    sighup(&l);
+    wait_log(&l, "certificates NOT reloaded", 1);
+    assert!(subject(&l).contains("second edition"));
+    let _ = s_client.kill();
+
+    // The L7 metric families are valid for Prometheus.
+    let text = l.portier.get("/metrics").unwrap();
+    assert!(metric(&text, "portier_tls_handshakes_total", &["service=\"web\""]) >= 4.0, "{text}");
+    assert!(metric(&text, "portier_http_requests_total", &["code=\"2xx\""]) >= 5.0, "{text}");
+    assert!(text.contains("portier_http_request_duration_seconds_bucket"), "{text}");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus)");
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
