@@ -163,15 +163,21 @@ impl Client {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
             let l = line.trim_end();
-            if status.is_none() {
-                let code = l.split(' ').nth(1).and_then(|c| c.parse().ok());
-                assert!(l.starts_with("HTTP/1.1 ") && code.is_some(), "bad status line {l:?}");
-                status = code;
-            } else if l.is_empty() {
-                self.pending.clear();
-                self.chunked_done = false;
-                return Ok(Head { status: status.unwrap(), headers });
-            } else {
+            match status {
+                None => {
+                    let code = l.split(' ').nth(1).and_then(|c| c.parse().ok());
+                    assert!(l.starts_with("HTTP/1.1 ") && code.is_some(), "bad status line {l:?}");
+                    status = code;
+                    continue;
+                }
+                Some(status) if l.is_empty() => {
+                    self.pending.clear();
+                    self.chunked_done = false;
+                    return Ok(Head { status, headers });
+                }
+                Some(_) => {}
+            }
+            {
                 let (k, v) = l.split_once(':').unwrap_or_else(|| panic!("bad header {l:?}"));
                 headers.push((k.trim().to_string(), v.trim().to_string()));
             }

@@ -105,6 +105,7 @@ fn sighup_reloads_certificates_and_keeps_established_connections() {
     wait_log(&l, "certificates NOT reloaded", 1);
     assert!(subject(&l).contains("second edition"));
     let _ = s_client.kill();
+    let _ = s_client.wait();
 
     // The L7 metric families are valid for Prometheus.
     let text = l.portier.get("/metrics").unwrap();

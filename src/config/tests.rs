@@ -361,9 +361,9 @@ fn l7_misconfigurations_are_named() {
     assert!(e.contains("not a cookie name"), "{e}");
     let e = fails("[pools.p]\nservers = [{ address = \"198.18.2.11:443\" }]\ntls = { verify = true }\n");
     assert!(e.contains("pools.p.tls.ca"), "{e}");
-    let e = fails(&format!(
-        "[pools.p]\nservers = [{{ address = \"198.18.2.11:443\" }}]\ntls = {{ verify = false }}\n\
-         [services.s]\nvip = \"198.19.0.10\"\nports = [443]\npool = \"p\"\n"
-    ));
+    let e = fails(
+        "[pools.p]\nservers = [{ address = \"198.18.2.11:443\" }]\ntls = { verify = false }\n\
+         [services.s]\nvip = \"198.19.0.10\"\nports = [443]\npool = \"p\"\n",
+    );
     assert!(e.contains("re-encrypts"), "{e}");
 }
