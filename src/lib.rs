@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod net;
 pub mod proxy;
 pub mod runtime;
+pub mod sip;
 pub mod state;
