@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -112,19 +112,5 @@ fn sighup_reloads_certificates_and_keeps_established_connections() {
     assert!(metric(&text, "portier_tls_handshakes_total", &["service=\"web\""]) >= 4.0, "{text}");
     assert!(metric(&text, "portier_http_requests_total", &["code=\"2xx\""]) >= 5.0, "{text}");
     assert!(text.contains("portier_http_request_duration_seconds_bucket"), "{text}");
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus)");
-    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check(&text);
 }

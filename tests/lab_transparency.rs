@@ -80,11 +80,10 @@ fn leastconn_balances_held_connections() {
 
 #[test]
 fn weights_are_respected() {
-    let cfg = format!(
-        "[pools.cas]\nservers = [{{ address = \"198.18.2.11\", weight = 3 }}, {{ address = \"198.18.2.12\" }}]\n\
-         [services.rpc]\nvip = \"198.19.0.10\"\nports = [135]\npool = \"cas\"\n"
-    );
-    let s = setup(LabSpec { backends: 2, extra_clients: 19 }, &PORTS, &cfg);
+    let cfg =
+        "[pools.cas]\nservers = [{ address = \"198.18.2.11\", weight = 3 }, { address = \"198.18.2.12\" }]\n\
+               [services.rpc]\nvip = \"198.19.0.10\"\nports = [135]\npool = \"cas\"\n";
+    let s = setup(LabSpec { backends: 2, extra_clients: 19 }, &PORTS, cfg);
     let d = distribution(&s, 20, false);
     assert_eq!((d["cas01"], d["cas02"]), (15, 5), "{d:?}");
 }

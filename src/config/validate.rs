@@ -339,43 +339,13 @@ fn check_config(
             CheckKind::Tcp
         }
         CheckTypeFile::Http => {
-            let path = f.path.as_ref().map(|p| p.get_ref().clone()).unwrap_or_else(|| "/".into());
-            if !path.starts_with('/') || path.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
-                c.err(
-                    f.path.as_ref().map(|p| p.span()),
-                    field("path"),
-                    format!("`{path}` must start with '/' and hold no spaces"),
-                );
-            }
-            let expect = f.expect.as_ref().map(|e| *e.get_ref()).unwrap_or(200);
-            if !(100..=599).contains(&expect) {
-                c.err(
-                    f.expect.as_ref().map(|e| e.span()),
-                    field("expect"),
-                    format!("{expect} is not an HTTP status"),
-                );
-            }
+            let (path, expect) = http_check_fields(c, f, &field);
             unused(c, &f.sni, "sni", "http");
             unused(c, &f.transport, "transport", "http");
             CheckKind::Http { path, expect, host: f.host.as_ref().map(|h| h.get_ref().clone()) }
         }
         CheckTypeFile::Https => {
-            let path = f.path.as_ref().map(|p| p.get_ref().clone()).unwrap_or_else(|| "/".into());
-            if !path.starts_with('/') || path.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
-                c.err(
-                    f.path.as_ref().map(|p| p.span()),
-                    field("path"),
-                    format!("`{path}` must start with '/' and hold no spaces"),
-                );
-            }
-            let expect = f.expect.as_ref().map(|e| *e.get_ref()).unwrap_or(200);
-            if !(100..=599).contains(&expect) {
-                c.err(
-                    f.expect.as_ref().map(|e| e.span()),
-                    field("expect"),
-                    format!("{expect} is not an HTTP status"),
-                );
-            }
+            let (path, expect) = http_check_fields(c, f, &field);
             unused(c, &f.transport, "transport", "https");
             CheckKind::Https {
                 path,
@@ -413,4 +383,25 @@ fn check_config(
         }
     };
     CheckConfig { kind, port, interval, timeout, rise, fall }
+}
+
+/// `path` and `expect` of an http or https check.
+fn http_check_fields(c: &mut Checker<'_>, f: &CheckFile, field: &dyn Fn(&str) -> String) -> (String, u16) {
+    let path = f.path.as_ref().map(|p| p.get_ref().clone()).unwrap_or_else(|| "/".into());
+    if !path.starts_with('/') || path.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+        c.err(
+            f.path.as_ref().map(|p| p.span()),
+            field("path"),
+            format!("`{path}` must start with '/' and hold no spaces"),
+        );
+    }
+    let expect = f.expect.as_ref().map(|e| *e.get_ref()).unwrap_or(200);
+    if !(100..=599).contains(&expect) {
+        c.err(
+            f.expect.as_ref().map(|e| e.span()),
+            field("expect"),
+            format!("{expect} is not an HTTP status"),
+        );
+    }
+    (path, expect)
 }

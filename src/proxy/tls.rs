@@ -313,11 +313,15 @@ fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// Accepts any server certificate but still checks the handshake signatures (the same policy
-/// as the health probes' verifier, which is private to them).
+/// Accepts any server certificate but still checks the handshake signatures.
+///
+/// Used where trust is not the question: `verify = false` pools (labs, self-signed estates,
+/// logged at start) and health checks, which prove that a server's TLS stack answers and holds
+/// the key of the certificate it presents; failing a server over an internal CA or an IP name
+/// would take healthy servers out of rotation.
 #[derive(Debug)]
-struct AcceptAnyServerCert {
-    algorithms: WebPkiSupportedAlgorithms,
+pub(crate) struct AcceptAnyServerCert {
+    pub(crate) algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl ServerCertVerifier for AcceptAnyServerCert {

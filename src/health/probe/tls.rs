@@ -3,11 +3,9 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::Resumption;
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -46,6 +44,7 @@ pub(super) async fn handshake(
 ///
 /// Session resumption is off so every probe exercises a full handshake, signature included.
 fn client_config() -> Result<Arc<ClientConfig>, ProbeError> {
+    use crate::proxy::tls::AcceptAnyServerCert;
     static CONFIG: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
@@ -63,52 +62,6 @@ fn client_config() -> Result<Arc<ClientConfig>, ProbeError> {
         })
         .clone()
         .map_err(|e| ProbeError::Tls(format!("client configuration: {e}")))
-}
-
-/// Accepts any server certificate, but still checks the handshake signatures.
-///
-/// A health check proves that the server's TLS stack answers and holds the private key of the
-/// certificate it presents. Whether that certificate is trusted (chain, name, expiry) matters
-/// to clients on the proxy path, which verify it end to end themselves; failing a server over
-/// an internal CA or an IP-address name would take healthy servers out of rotation.
-#[derive(Debug)]
-struct AcceptAnyServerCert {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AcceptAnyServerCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
 }
 
 /// Test support: a loopback TLS server with a fresh self-signed certificate.
