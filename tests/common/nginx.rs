@@ -360,6 +360,18 @@ impl L7 {
         self.get(src, args).1.backend
     }
 
+    /// Sends `bytes` to VIP:443 from the first client address and returns what came back
+    /// before the connection ended (an error when it was reset).
+    pub fn greet_raw(&self, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+        use std::io::{Read, Write};
+        let mut s = portier::lab::connect(&self.lab.client, Some(super::c4(0)), super::vip4(443), super::T)?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+        s.write_all(bytes)?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)?;
+        Ok(out)
+    }
+
     /// Connects from `src` to VIP:`port` and reads an echo backend's greeting.
     pub fn greet(&self, src: IpAddr, port: u16) -> portier::lab::Greeting {
         portier::lab::greet(&self.lab.client, Some(src), super::vip4(port), super::T)
