@@ -370,7 +370,7 @@ pub async fn handle(
         }
     }
     let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
-    if let Some(c) = hs.request_counters.get(&(pool.name.clone(), i)) {
+    if let Some(c) = hs.request_counters.get(&(Arc::as_ptr(&pool) as usize, i)) {
         c[class].inc();
     }
     let finish = Exchange {

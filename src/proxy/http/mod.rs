@@ -40,8 +40,9 @@ pub struct HttpService {
     /// Re-encryption settings by pool name, for pools with `tls`.
     pub upstream_tls: HashMap<String, UpstreamTlsConfig>,
     pub metrics: HttpServiceMetrics,
-    /// Request counters by (pool name, server index), by status class.
-    pub request_counters: HashMap<(String, usize), [Counter; 5]>,
+    /// Request counters by (pool identity, server index), by status class; keyed by the
+    /// pool's address so the per-request lookup allocates nothing.
+    pub request_counters: HashMap<(usize, usize), [Counter; 5]>,
     /// "http" or "https", for X-Forwarded-Proto and cookies' Secure flag.
     pub scheme: &'static str,
     /// The certificates of an https service.
@@ -81,7 +82,8 @@ impl HttpService {
                 upstream_tls.insert(pool.name.clone(), UpstreamTlsConfig { config: cfg, sni });
             }
             for (i, s) in pool.servers.iter().enumerate() {
-                request_counters.insert((pool.name.clone(), i), m.server_requests(&pool.name, &s.label));
+                request_counters
+                    .insert((Arc::as_ptr(pool) as usize, i), m.server_requests(&pool.name, &s.label));
             }
         }
         let acceptor = if svc.config.mode == Mode::Https {
