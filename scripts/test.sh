@@ -8,5 +8,16 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 # Lab tests start real portier processes in namespaces; the bounded count keeps two cores busy
-# without starving the health-check timing tests.
-cargo test --quiet -- --test-threads 4
+# without starving the health-check timing tests. --tests: unit and integration tests (the
+# crate has no doc tests).
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --tests -- --test-threads 4 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s += $1} END {print s + 0}')
+failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s += $1} END {print s + 0}')
+echo
+echo "total: $passed passed, $failed failed"
+exit "$status"
