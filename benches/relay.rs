@@ -12,8 +12,15 @@
 //! N proxied connections and reports the VmRSS and open-fd delta per connection, first with
 //! no traffic at all, then right after a 64 KiB exchange each way, then after a quiet spell.
 //!
-//! Knobs (environment): BENCH_SECS (3), BENCH_WARMUP_MS (500), BENCH_ROUNDS (3),
-//! BENCH_WORKERS (2), BENCH_IDLE_CONNS (1000).
+//! Interactive cost: ping-pong of 1 KiB messages over 1 and 32 proxied connections, round
+//! trips per second and process CPU microseconds per round trip.
+//!
+//! Knobs (environment): BENCH_SECS (3), BENCH_WARMUP_MS (400), BENCH_ROUNDS (3),
+//! BENCH_WORKERS (2), BENCH_IDLE_CONNS (1000), BENCH_PP_MS (600).
+//!
+//! Other modes (`cargo bench --bench relay -- MODE`):
+//! `--experiments` pipe size / linger variants (~1.5 min); `--pingpong VARIANT CONNS` one run,
+//! for profiling; `--pingpong-rounds CONNS ROUNDS` alternating ping-pong only.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,9 +38,12 @@ const SRC_BUF: usize = 256 * 1024;
 const SINK_BUF: usize = 256 * 1024;
 const IDLE: Duration = Duration::from_secs(600);
 const EXCHANGE: usize = 64 * 1024;
+/// Splice from the first byte (no copy path), 64 KiB pipe, 1 s linger.
+const PURE: SpliceConfig =
+    SpliceConfig { pipe_size: None, pipe_linger: Duration::from_secs(1), copy_below: 0 };
 /// Request/response size for the interactive (ping-pong) test.
 const MSG: usize = 1024;
-const PINGPONG: [Variant; 3] = [Variant::Relay, Variant::CopyBidi, Variant::Splice];
+const PINGPONG: [Variant; 4] = [Variant::Relay, Variant::CopyBidi, Variant::Splice, Variant::Hybrid];
 const PP_CONNS: [usize; 2] = [1, 32];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -42,10 +52,19 @@ enum Variant {
     Relay,
     /// tokio::io::copy_bidirectional (8 KiB buffers allocated up front).
     CopyBidi,
-    /// relay_splice with the default 64 KiB pipe.
+    /// relay_splice_with, pure splice (copy_below = 0), default 64 KiB pipe.
     Splice,
+    /// relay_splice (default config, hybrid): copy loop for reads under 16 KiB, splice for bulk.
+    Hybrid,
     /// relay_splice with F_SETPIPE_SZ = 1 MiB.
     Splice1M,
+    /// relay_splice, pipe kept for the connection's life (no linger timer).
+    SpliceKeep,
+    /// relay_splice, pipe closed whenever the source is drained.
+    SpliceLinger0,
+    /// relay_splice with an 8 KiB (2-page) pipe: what an unprivileged user gets from pipe2
+    /// once over fs.pipe-user-pages-soft.
+    Splice8K,
     /// No relay: the proxy only holds both sockets (idle-cost baseline).
     Hold,
 }
@@ -56,7 +75,11 @@ impl Variant {
             Variant::Relay => "relay (ours)",
             Variant::CopyBidi => "copy_bidirectional",
             Variant::Splice => "splice 64K pipe",
+            Variant::Hybrid => "hybrid copy<16K+splice",
             Variant::Splice1M => "splice 1M pipe",
+            Variant::SpliceKeep => "splice keep pipe",
+            Variant::SpliceLinger0 => "splice linger 0",
+            Variant::Splice8K => "splice 8K pipe",
             Variant::Hold => "hold only (no relay)",
         }
     }
@@ -66,19 +89,33 @@ impl Variant {
             Variant::Relay => "relay",
             Variant::CopyBidi => "copy",
             Variant::Splice => "splice",
+            Variant::Hybrid => "hybrid",
             Variant::Splice1M => "splice1m",
+            Variant::SpliceKeep => "splicekeep",
+            Variant::SpliceLinger0 => "splice0",
+            Variant::Splice8K => "splice8k",
             Variant::Hold => "hold",
         }
     }
 
     fn from_arg(s: &str) -> Option<Variant> {
-        [Variant::Relay, Variant::CopyBidi, Variant::Splice, Variant::Splice1M, Variant::Hold]
-            .into_iter()
-            .find(|v| v.arg() == s)
+        [
+            Variant::Relay,
+            Variant::CopyBidi,
+            Variant::Splice,
+            Variant::Hybrid,
+            Variant::Splice1M,
+            Variant::SpliceKeep,
+            Variant::SpliceLinger0,
+            Variant::Splice8K,
+            Variant::Hold,
+        ]
+        .into_iter()
+        .find(|v| v.arg() == s)
     }
 }
 
-const MEASURED: [Variant; 4] = [Variant::Relay, Variant::CopyBidi, Variant::Splice, Variant::Splice1M];
+const MEASURED: [Variant; 4] = [Variant::Relay, Variant::CopyBidi, Variant::Splice, Variant::Hybrid];
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
     std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -124,10 +161,26 @@ fn spawn_variant(
             let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
         }),
         Variant::Splice => spawn_one(c, upstream, up, down, |c, s, up, down| async move {
-            relay_splice(c, s, IDLE, &up, &down).await;
+            relay_splice_with(c, s, IDLE, &up, &down, PURE).await;
         }),
         Variant::Splice1M => spawn_one(c, upstream, up, down, |c, s, up, down| async move {
-            let cfg = SpliceConfig { pipe_size: Some(1 << 20), ..SpliceConfig::default() };
+            let cfg = SpliceConfig { pipe_size: Some(1 << 20), ..PURE };
+            relay_splice_with(c, s, IDLE, &up, &down, cfg).await;
+        }),
+        // The default configuration: what `relay_splice` does.
+        Variant::Hybrid => spawn_one(c, upstream, up, down, |c, s, up, down| async move {
+            relay_splice(c, s, IDLE, &up, &down).await;
+        }),
+        Variant::SpliceKeep => spawn_one(c, upstream, up, down, |c, s, up, down| async move {
+            let cfg = SpliceConfig { pipe_linger: Duration::MAX, ..PURE };
+            relay_splice_with(c, s, IDLE, &up, &down, cfg).await;
+        }),
+        Variant::SpliceLinger0 => spawn_one(c, upstream, up, down, |c, s, up, down| async move {
+            let cfg = SpliceConfig { pipe_linger: Duration::ZERO, ..PURE };
+            relay_splice_with(c, s, IDLE, &up, &down, cfg).await;
+        }),
+        Variant::Splice8K => spawn_one(c, upstream, up, down, |c, s, up, down| async move {
+            let cfg = SpliceConfig { pipe_size: Some(8192), ..PURE };
             relay_splice_with(c, s, IDLE, &up, &down, cfg).await;
         }),
         // Holds both sockets until the client sends or goes away, touching no data.
@@ -240,8 +293,8 @@ async fn throughput(v: Variant, streams: usize, warmup: Duration, window: Durati
 }
 
 /// Request/response over the proxy: each connection sends MSG bytes, waits for the echo, repeats.
-/// Returns round trips per second over all connections.
-async fn pingpong(v: Variant, conns: usize, warmup: Duration, window: Duration) -> f64 {
+/// Returns round trips per second over all connections and process CPU microseconds per trip.
+async fn pingpong(v: Variant, conns: usize, warmup: Duration, window: Duration) -> (f64, f64) {
     let sink = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sink_addr = sink.local_addr().unwrap();
     let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -281,9 +334,9 @@ async fn pingpong(v: Variant, conns: usize, warmup: Duration, window: Duration) 
         }));
     }
     tokio::time::sleep(warmup).await;
-    let (n0, t0) = (trips.load(Ordering::Relaxed), Instant::now());
+    let (n0, c0, t0) = (trips.load(Ordering::Relaxed), cpu_seconds(), Instant::now());
     tokio::time::sleep(window).await;
-    let (n1, el) = (trips.load(Ordering::Relaxed), t0.elapsed());
+    let (n1, c1, el) = (trips.load(Ordering::Relaxed), cpu_seconds(), t0.elapsed());
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.await.unwrap();
@@ -294,8 +347,12 @@ async fn pingpong(v: Variant, conns: usize, warmup: Duration, window: Duration) 
     for e in echoes.await.unwrap() {
         e.await.unwrap();
     }
-    (n1 - n0) as f64 / el.as_secs_f64()
+    let n = (n1 - n0) as f64;
+    (n / el.as_secs_f64(), (c1 - c0) * 1e6 / n)
 }
+
+/// (connections, variant, (round trips/s, CPU-us per trip) per round)
+type PingPongRuns = (usize, Variant, Vec<(f64, f64)>);
 
 fn median(xs: &[f64]) -> f64 {
     let mut v = xs.to_vec();
@@ -455,8 +512,52 @@ fn main() {
         idle_child(v, args[i + 2].parse().expect("count"), workers);
         return;
     }
+    if let Some(i) = args.iter().position(|a| a == "--pingpong") {
+        // Single ping-pong run, for profiling: --pingpong VARIANT CONNS
+        let v = Variant::from_arg(&args[i + 1]).expect("variant");
+        let conns: usize = args[i + 2].parse().expect("conns");
+        let rt = runtime(workers);
+        let (rate, cpu) = rt.block_on(pingpong(v, conns, Duration::from_millis(200), Duration::from_secs(2)));
+        println!("{} {conns} conns: {rate:.0} round trips/s, {cpu:.1} CPU-us/trip", v.name());
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--pingpong-rounds") {
+        // Alternating ping-pong only: --pingpong-rounds CONNS ROUNDS
+        let conns: usize = args[i + 1].parse().expect("conns");
+        let rounds: usize = args[i + 2].parse().expect("rounds");
+        let rt = runtime(workers);
+        let mut all: Vec<PingPongRuns> = PINGPONG.iter().map(|&v| (conns, v, Vec::new())).collect();
+        for _ in 0..rounds {
+            for run in all.iter_mut() {
+                let x = rt.block_on(pingpong(
+                    run.1,
+                    conns,
+                    Duration::from_millis(150),
+                    Duration::from_millis(600),
+                ));
+                run.2.push(x);
+            }
+        }
+        for (_, v, xs) in &all {
+            let rate: Vec<f64> = xs.iter().map(|x| x.0).collect();
+            let cpu: Vec<f64> = xs.iter().map(|x| x.1).collect();
+            let cpus: Vec<String> = cpu.iter().map(|c| format!("{c:.0}")).collect();
+            println!(
+                "{:<22} {conns} conns: median {:>6.0} trips/s {:>5.1} CPU-us/trip  [{}]",
+                v.name(),
+                median(&rate),
+                median(&cpu),
+                cpus.join(" ")
+            );
+        }
+        return;
+    }
+    if args.iter().any(|a| a == "--experiments") {
+        experiments(workers);
+        return;
+    }
     let secs: f64 = env_or("BENCH_SECS", 3.0);
-    let warmup = Duration::from_millis(env_or("BENCH_WARMUP_MS", 500));
+    let warmup = Duration::from_millis(env_or("BENCH_WARMUP_MS", 400));
     let rounds: usize = env_or("BENCH_ROUNDS", 3);
     let idle_n: usize = env_or("BENCH_IDLE_CONNS", 1000);
     let window = Duration::from_secs_f64(secs);
@@ -478,7 +579,7 @@ fn main() {
         "variant", "RSS idle", "RSS +64K", "RSS quiet", "fd", "fd+64K", "fd qt", "pipe", "p+64K", "p qt"
     );
     let mut idle_rows = Vec::new();
-    for v in [Variant::Hold, Variant::Relay, Variant::CopyBidi, Variant::Splice, Variant::Splice1M] {
+    for v in [Variant::Hold, Variant::Relay, Variant::CopyBidi, Variant::Splice, Variant::Hybrid] {
         let r = idle_run(v, idle_n);
         println!(
             "{:<22} {:>8.0} B {:>8.0} B {:>8.0} B | {:>6.2} {:>6.2} {:>6.2} | {:>6.2} {:>6.2} {:>6.2}   (task future {} B, exchange {} ms)",
@@ -510,9 +611,9 @@ fn main() {
             results.push((streams, v, Vec::new()));
         }
     }
-    let pp_window = Duration::from_millis(env_or("BENCH_PP_MS", 750));
+    let pp_window = Duration::from_millis(env_or("BENCH_PP_MS", 600));
     let pp_warmup = Duration::from_millis(150);
-    let mut pp: Vec<(usize, Variant, Vec<f64>)> = Vec::new();
+    let mut pp: Vec<PingPongRuns> = Vec::new();
     for conns in PP_CONNS {
         for v in PINGPONG {
             pp.push((conns, v, Vec::new()));
@@ -534,13 +635,14 @@ fn main() {
         }
         for conns in PP_CONNS {
             for v in PINGPONG {
-                let rt_s = rt.block_on(pingpong(v, conns, pp_warmup, pp_window));
+                let (rate, cpu) = rt.block_on(pingpong(v, conns, pp_warmup, pp_window));
                 println!(
-                    "  round {round} ping-pong {conns:>2} conns x {MSG} B {:<20} {:>8.0} round trips/s",
+                    "  round {round} ping-pong {conns:>2} conns x {MSG} B {:<22} {:>8.0} round trips/s  {:>5.1} CPU-us/trip",
                     v.name(),
-                    rt_s
+                    rate,
+                    cpu
                 );
-                pp.iter_mut().find(|r| r.0 == conns && r.1 == v).unwrap().2.push(rt_s);
+                pp.iter_mut().find(|r| r.0 == conns && r.1 == v).unwrap().2.push((rate, cpu));
             }
         }
     }
@@ -576,17 +678,28 @@ fn main() {
     println!(
         "\n== ping-pong: {MSG} B request/response, median round trips/s, ratio to copy_bidirectional =="
     );
+    println!(
+        "{:<8} {:<22} {:>10} {:>8} {:>12} {:>8} {:>12}",
+        "conns", "variant", "trips/s", "ratio", "CPU-us/trip", "ratio", "mean RTT"
+    );
     for conns in PP_CONNS {
-        let med = |v: Variant| median(&pp.iter().find(|r| r.0 == conns && r.1 == v).unwrap().2);
-        let base = med(Variant::CopyBidi);
+        let med = |v: Variant| {
+            let xs = &pp.iter().find(|r| r.0 == conns && r.1 == v).unwrap().2;
+            let rate: Vec<f64> = xs.iter().map(|x| x.0).collect();
+            let cpu: Vec<f64> = xs.iter().map(|x| x.1).collect();
+            (median(&rate), median(&cpu))
+        };
+        let (base, base_cpu) = med(Variant::CopyBidi);
         for v in PINGPONG {
-            let m = med(v);
+            let (m, c) = med(v);
             println!(
-                "{:<8} {:<22} {:>10.0} {:>8.2}   mean RTT {:>6.1} us",
-                format!("{conns} conn"),
+                "{:<8} {:<22} {:>10.0} {:>8.2} {:>12.1} {:>8.2} {:>9.1} us",
+                conns,
                 v.name(),
                 m,
                 m / base,
+                c,
+                c / base_cpu,
                 conns as f64 * 1e6 / m
             );
         }
@@ -605,6 +718,67 @@ fn main() {
         );
     }
     println!("\ntotal bench time {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// `cargo bench --bench relay -- --experiments`: what the pipe linger policy and a degraded
+/// (2-page) pipe cost, against our copy loop. Shorter windows than the main run (~1.5 min).
+fn experiments(workers: usize) {
+    let rt = runtime(workers);
+    let variants = [
+        Variant::Relay,
+        Variant::Splice,
+        Variant::Hybrid,
+        Variant::Splice1M,
+        Variant::SpliceKeep,
+        Variant::SpliceLinger0,
+        Variant::Splice8K,
+    ];
+    let (warm, win) = (Duration::from_millis(150), Duration::from_millis(600));
+    let mut pp: Vec<PingPongRuns> = Vec::new();
+    let mut tp: Vec<(usize, Variant, Vec<f64>)> = Vec::new();
+    for streams in [1usize, 8] {
+        for v in variants {
+            tp.push((streams, v, Vec::new()));
+        }
+    }
+    for conns in PP_CONNS {
+        for v in variants {
+            pp.push((conns, v, Vec::new()));
+        }
+    }
+    for _ in 0..3 {
+        for streams in [1usize, 8] {
+            for v in variants {
+                let g = rt
+                    .block_on(throughput(v, streams, Duration::from_millis(300), Duration::from_millis(800)))
+                    .gbps;
+                tp.iter_mut().find(|r| r.0 == streams && r.1 == v).unwrap().2.push(g);
+            }
+        }
+        for conns in PP_CONNS {
+            for v in variants {
+                let x = rt.block_on(pingpong(v, conns, warm, win));
+                pp.iter_mut().find(|r| r.0 == conns && r.1 == v).unwrap().2.push(x);
+            }
+        }
+    }
+    println!(
+        "experiments: medians of 3 rounds (0.8 s / 0.6 s windows), {workers} workers, load {}",
+        loadavg()
+    );
+    for (streams, v, g) in &tp {
+        println!("  {streams} stream(s)      {:<20} {:>8.2} Gbit/s", v.name(), median(g));
+    }
+    for (conns, v, x) in &pp {
+        let rate: Vec<f64> = x.iter().map(|x| x.0).collect();
+        let cpu: Vec<f64> = x.iter().map(|x| x.1).collect();
+        println!(
+            "  ping-pong {conns:>2} conns {:<22} {:>8.0} round trips/s {:>6.1} CPU-us/trip",
+            v.name(),
+            median(&rate),
+            median(&cpu)
+        );
+    }
 }
 
 fn num_cpus() -> usize {

@@ -64,11 +64,13 @@ async fn pump(
     bytes: &Counter,
     total: &AtomicU64,
 ) -> io::Result<()> {
-    let mut buf: Option<Box<[u8]>> = None;
+    let mut buf: Option<Vec<u8>> = None;
     loop {
         from.readable().await?;
-        let b = buf.get_or_insert_with(|| vec![0u8; BUF].into_boxed_slice());
-        match from.try_read(b) {
+        // Capacity only: try_read_buf fills it without zeroing 16 KiB on every burst.
+        let b = buf.get_or_insert_with(|| Vec::with_capacity(BUF));
+        b.clear();
+        match from.try_read_buf(b) {
             Ok(0) => break,
             Ok(n) => {
                 to.write_all(&b[..n]).await?;

@@ -1,12 +1,19 @@
 //! Zero-copy TCP relay over splice(2): socket -> pipe -> socket, driven by tokio readiness.
 //!
 //! Same contract as [`super::relay::relay`]: half-close (the side that reaches EOF has the
-//! other side's write half shut, the opposite direction keeps going), an idle timeout that
-//! counts bytes moved in either direction, and byte counters bumped as bytes are delivered.
+//! other side's write half shut, the opposite direction keeps going), an error on either side
+//! or the idle timeout ends the relay and resets both sides, activity in either direction keeps
+//! the idle timeout away, and byte counters are bumped as bytes are delivered.
 //!
 //! Each direction owns at most one pipe. It is created when the first byte is readable (an
 //! idle connection holds no pipe fds) and closed again once the direction has been quiet for
 //! [`SpliceConfig::pipe_linger`], so parked connections cost two socket fds, not six.
+//!
+//! By default the relay is a hybrid ([`SpliceConfig::copy_below`]): reads smaller than 16 KiB
+//! go through a short-lived userspace buffer exactly as in the copy loop, and only a read that
+//! fills it (a bulk burst) moves the direction onto a pipe. Interactive traffic never holds a
+//! pipe; bulk transfers get splice's lower CPU cost per byte (see `benches/relay.rs`). When no
+//! pipe can be had (fd limit, memory), the burst is copied instead of failing the connection.
 
 use std::io;
 use std::net::Shutdown;
@@ -28,12 +35,24 @@ pub struct SpliceConfig {
     /// (64 KiB). Best effort: an unprivileged process over `fs.pipe-user-pages-soft` gets less.
     pub pipe_size: Option<usize>,
     /// How long a drained pipe is kept while its source is quiet before its fds are closed.
+    /// `Duration::ZERO` closes it as soon as the source is drained; `Duration::MAX` keeps it
+    /// for the life of the connection (no timer per wait).
     pub pipe_linger: Duration,
+    /// Hybrid mode when non-zero: while a direction has no pipe, data is copied through a
+    /// userspace buffer of this many bytes (taken per read, freed when the socket is drained,
+    /// like [`super::relay::relay`]); the first read that fills the buffer marks a bulk burst
+    /// and moves the direction to splice until its pipe lingers out. Small, interactive
+    /// messages then never touch a pipe. `0` splices from the first byte.
+    pub copy_below: usize,
 }
 
 impl Default for SpliceConfig {
+    /// Hybrid: reads under 16 KiB are copied, bulk bursts are spliced through a default-sized
+    /// pipe that is closed after 1 s of quiet. A larger pipe is left off on purpose: an
+    /// unprivileged portier (the systemd unit's DynamicUser) shares `fs.pipe-user-pages-soft`
+    /// (16384 pages) across all its pipes, and over it every new pipe shrinks to 2 pages.
     fn default() -> Self {
-        SpliceConfig { pipe_size: None, pipe_linger: Duration::from_secs(1) }
+        SpliceConfig { pipe_size: None, pipe_linger: Duration::from_secs(1), copy_below: 16 * 1024 }
     }
 }
 
@@ -77,43 +96,57 @@ async fn run(
     let last = AtomicU64::new(0);
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
 
-    let both = async {
-        let (a, b) = tokio::join!(
-            pump(
-                &client,
-                &server,
-                cfg,
-                new_pipe,
-                Activity { last: &last, epoch, bytes: to_server, total: &up }
-            ),
-            pump(
-                &server,
-                &client,
-                cfg,
-                new_pipe,
-                Activity { last: &last, epoch, bytes: to_client, total: &down }
-            )
+    let end = {
+        let a = pump(
+            &client,
+            &server,
+            cfg,
+            new_pipe,
+            Activity { last: &last, epoch, bytes: to_server, total: &up },
         );
-        if a.is_ok() && b.is_ok() {
-            RelayEnd::Closed
-        } else {
-            RelayEnd::Error
-        }
-    };
-    let watchdog = async {
+        let b = pump(
+            &server,
+            &client,
+            cfg,
+            new_pipe,
+            Activity { last: &last, epoch, bytes: to_client, total: &down },
+        );
+        let watchdog = async {
+            loop {
+                let deadline = epoch + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+                tokio::time::sleep_until(deadline).await;
+                let quiet =
+                    epoch.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+                if quiet >= idle {
+                    return;
+                }
+            }
+        };
+        tokio::pin!(a, b, watchdog);
+        let (mut a_done, mut b_done) = (false, false);
         loop {
-            let deadline = epoch + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
-            tokio::time::sleep_until(deadline).await;
-            let quiet = epoch.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
-            if quiet >= idle {
-                return RelayEnd::IdleTimeout;
+            tokio::select! {
+                r = &mut a, if !a_done => match r {
+                    Ok(()) if b_done => break RelayEnd::Closed,
+                    Ok(()) => a_done = true,
+                    Err(_) => break RelayEnd::Error,
+                },
+                r = &mut b, if !b_done => match r {
+                    Ok(()) if a_done => break RelayEnd::Closed,
+                    Ok(()) => b_done = true,
+                    Err(_) => break RelayEnd::Error,
+                },
+                _ = &mut watchdog => break RelayEnd::IdleTimeout,
             }
         }
+        // The pumps (and their pipes) are dropped here.
     };
-    let end = tokio::select! {
-        e = both => e,
-        e = watchdog => e,
-    };
+    if end != RelayEnd::Closed {
+        // Pass the failure on: a reset, not a polite FIN, so neither side waits for more.
+        for stream in [&client, &server] {
+            let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+        }
+    }
     (end, RelayStats { to_server: up.load(Ordering::Relaxed), to_client: down.load(Ordering::Relaxed) })
 }
 
@@ -211,18 +244,27 @@ async fn pump(
         let p = match &pipe {
             Some(p) => p,
             None => {
-                // Wait for the first byte (or EOF) without holding a pipe.
-                if from.peek(&mut [0u8; 1]).await? == 0 {
-                    break;
+                if cfg.copy_below == 0 {
+                    // Wait for the first byte (or EOF) without holding a pipe.
+                    if from.peek(&mut [0u8; 1]).await? == 0 {
+                        break;
+                    }
+                } else {
+                    // Hybrid: copy until one read fills the buffer, then splice the rest.
+                    match copy_burst(from, to, &act, cfg.copy_below).await? {
+                        0 => break,
+                        n if n < cfg.copy_below => continue,
+                        _ => {}
+                    }
                 }
                 match new_pipe(cfg.pipe_size) {
                     Ok(p) => &*pipe.insert(p),
                     Err(e) => {
                         tracing::debug!("no pipe for splice ({e}), copying through userspace");
-                        if copy_burst(from, to, &act).await? {
-                            continue;
+                        if copy_burst(from, to, &act, FALLBACK_BUF).await? == 0 {
+                            break;
                         }
-                        break;
+                        continue;
                     }
                 }
             }
@@ -232,10 +274,16 @@ async fn pump(
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // Source drained: wait for more, but give the pipe back if it stays quiet.
-                tokio::select! {
-                    biased;
-                    r = from.readable() => r?,
-                    _ = tokio::time::sleep(cfg.pipe_linger) => pipe = None,
+                if cfg.pipe_linger.is_zero() {
+                    pipe = None; // the peek above waits for the next byte
+                } else if cfg.pipe_linger == Duration::MAX {
+                    from.readable().await?;
+                } else {
+                    tokio::select! {
+                        biased;
+                        r = from.readable() => r?,
+                        _ = tokio::time::sleep(cfg.pipe_linger) => pipe = None,
+                    }
                 }
                 continue;
             }
@@ -259,35 +307,36 @@ async fn pump(
     socket2::SockRef::from(to).shutdown(Shutdown::Write)
 }
 
-/// Fallback when no pipe is available: one read into a temporary buffer, written out in full.
-/// Returns false at EOF.
-async fn copy_burst(from: &TcpStream, to: &TcpStream, act: &Activity<'_>) -> io::Result<bool> {
-    let mut buf = vec![0u8; FALLBACK_BUF];
-    let n = loop {
+/// One read of up to `size` bytes through a userspace buffer, written out in full; returns
+/// the byte count (0 at EOF). The buffer is taken only once the socket is readable and is
+/// freed on return, so a direction waiting here holds no memory. Used by the hybrid mode and
+/// as the fallback when no pipe is available.
+async fn copy_burst(from: &TcpStream, to: &TcpStream, act: &Activity<'_>, size: usize) -> io::Result<usize> {
+    let (buf, n) = loop {
         from.readable().await?;
-        match from.try_read(&mut buf) {
-            Ok(n) => break n,
+        let mut buf = Vec::with_capacity(size);
+        match from.try_read_buf(&mut buf) {
+            Ok(n) => break (buf, n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         }
     };
     let mut sent = 0;
     while sent < n {
-        to.writable().await?;
         match to.try_write(&buf[sent..n]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(k) => {
                 sent += k;
                 act.note(k);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
             Err(e) => return Err(e),
         }
     }
-    Ok(n > 0)
+    Ok(n)
 }
 
-/// Size of the temporary buffer used by [`copy_burst`].
+/// Buffer size for [`copy_burst`] when it stands in for a missing pipe.
 const FALLBACK_BUF: usize = 16 * 1024;
 
 #[cfg(test)]
@@ -296,6 +345,10 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
     use tokio::task::JoinHandle;
+
+    /// Splice from the first byte: exercises the pipe path on every burst.
+    const PURE: SpliceConfig =
+        SpliceConfig { pipe_size: None, pipe_linger: Duration::from_secs(1), copy_below: 0 };
 
     struct Rig {
         client_app: TcpStream,
@@ -385,21 +438,137 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bulk_both_ways_default_pipe() {
-        bulk_both_ways(SpliceConfig::default()).await;
+        bulk_both_ways(PURE).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bulk_both_ways_large_pipe() {
-        bulk_both_ways(SpliceConfig { pipe_size: Some(1 << 20), ..SpliceConfig::default() }).await;
+        bulk_both_ways(SpliceConfig { pipe_size: Some(1 << 20), ..PURE }).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bulk_both_ways_small_pipe_no_linger() {
+        // 8 KiB is what an unprivileged user gets over fs.pipe-user-pages-soft.
+        bulk_both_ways(SpliceConfig { pipe_size: Some(8192), pipe_linger: Duration::ZERO, copy_below: 0 })
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bulk_both_ways_pipe_kept() {
+        bulk_both_ways(SpliceConfig { pipe_linger: Duration::MAX, ..PURE }).await;
+    }
+
+    const HYBRID: SpliceConfig =
+        SpliceConfig { pipe_size: None, pipe_linger: Duration::from_secs(1), copy_below: 16 * 1024 };
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bulk_both_ways_hybrid() {
+        bulk_both_ways(HYBRID).await;
+    }
+
+    #[test]
+    fn default_is_the_hybrid() {
+        assert_eq!(SpliceConfig::default(), HYBRID);
+    }
+
+    /// A relay whose pipe factory counts its calls in `made` and hands out real pipes.
+    async fn counting_rig(
+        cfg: SpliceConfig,
+        new_pipe: PipeFactory,
+    ) -> (TcpStream, TcpStream, JoinHandle<()>) {
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client_app = TcpStream::connect(front.local_addr().unwrap()).await.unwrap();
+        let (client_side, _) = front.accept().await.unwrap();
+        let server_side = TcpStream::connect(back.local_addr().unwrap()).await.unwrap();
+        let (server_app, _) = back.accept().await.unwrap();
+        let relay = tokio::spawn(async move {
+            let (c1, c2) = (Counter::default(), Counter::default());
+            let (end, _) =
+                run(client_side, server_side, Duration::from_secs(10), &c1, &c2, cfg, new_pipe).await;
+            assert_eq!(end, RelayEnd::Closed);
+        });
+        (client_app, server_app, relay)
+    }
+
+    #[tokio::test]
+    async fn hybrid_small_messages_never_take_a_pipe() {
+        static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        fn counted(size: Option<usize>) -> io::Result<Pipe> {
+            MADE.fetch_add(1, Ordering::SeqCst);
+            Pipe::new(size)
+        }
+        let (mut client, mut server, relay) = counting_rig(HYBRID, counted).await;
+        let msg = pattern(1500, 5);
+        let mut back = vec![0u8; msg.len()];
+        for _ in 0..50 {
+            client.write_all(&msg).await.unwrap();
+            server.read_exact(&mut back).await.unwrap();
+            assert_eq!(back, msg);
+            server.write_all(&back).await.unwrap();
+            client.read_exact(&mut back).await.unwrap();
+            assert_eq!(back, msg);
+        }
+        drop((client, server));
+        relay.await.unwrap();
+        assert_eq!(MADE.load(Ordering::SeqCst), 0, "interactive traffic must stay on the copy path");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hybrid_bulk_moves_to_splice() {
+        static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        fn counted(size: Option<usize>) -> io::Result<Pipe> {
+            MADE.fetch_add(1, Ordering::SeqCst);
+            Pipe::new(size)
+        }
+        let (client, server, relay) = counting_rig(HYBRID, counted).await;
+        let data = pattern(4 * 1024 * 1024, 6);
+        let (_car, caw) = client.into_split();
+        let (sar, _saw) = server.into_split();
+        let (_, got) = tokio::join!(tokio::spawn(send_all(caw, data.clone())), tokio::spawn(read_all(sar)));
+        assert_eq!(fnv(&got.unwrap()), fnv(&data));
+        drop((_car, _saw));
+        relay.await.unwrap();
+        assert!(MADE.load(Ordering::SeqCst) >= 1, "a bulk burst must switch to splice");
+    }
+
+    #[tokio::test]
+    async fn hybrid_half_close_and_idle_timeout() {
+        let r = rig(Duration::from_millis(300), HYBRID).await;
+        let (mut car, mut caw) = r.client_app.into_split();
+        let (mut sar, mut saw) = r.server_app.into_split();
+        caw.write_all(b"hello").await.unwrap();
+        caw.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        sar.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hello");
+        saw.write_all(b"still talking").await.unwrap();
+        let mut back = [0u8; 13];
+        car.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"still talking");
+        // The server never closes its half: the idle timeout ends the relay.
+        let (end, stats) = r.relay.await.unwrap();
+        assert_eq!(end, RelayEnd::IdleTimeout);
+        assert_eq!((stats.to_server, stats.to_client), (5, 13));
+        assert_eq!((r.to_server.get(), r.to_client.get()), (5, 13));
     }
 
     #[tokio::test]
     async fn bulk_both_ways_single_thread() {
-        bulk_both_ways(SpliceConfig::default()).await;
+        bulk_both_ways(PURE).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn without_pipes_falls_back_to_copying() {
+        without_pipes(PURE).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_pipes_hybrid_keeps_copying() {
+        without_pipes(HYBRID).await;
+    }
+
+    async fn without_pipes(cfg: SpliceConfig) {
         fn no_pipe(_: Option<usize>) -> io::Result<Pipe> {
             Err(io::Error::from_raw_os_error(libc::EMFILE))
         }
@@ -412,8 +581,7 @@ mod tests {
         let (up, down) = (Counter::default(), Counter::default());
         let (c1, c2) = (up.clone(), down.clone());
         let relay = tokio::spawn(async move {
-            run(client_side, server_side, Duration::from_secs(10), &c1, &c2, SpliceConfig::default(), no_pipe)
-                .await
+            run(client_side, server_side, Duration::from_secs(10), &c1, &c2, cfg, no_pipe).await
         });
         const N: usize = 2 * 1024 * 1024 + 3;
         let (data, back_data) = (pattern(N, 3), pattern(N / 3, 4));
@@ -435,7 +603,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn slow_reader_backpressure_keeps_data_intact() {
-        let cfg = SpliceConfig { pipe_size: Some(256 * 1024), ..SpliceConfig::default() };
+        let cfg = SpliceConfig { pipe_size: Some(256 * 1024), ..PURE };
         // Small send buffer towards a slow server: a 256 KiB pipe drains only partly and the
         // pipe-to-socket splice keeps hitting EAGAIN.
         let r = rig_with(Duration::from_secs(10), cfg, Some(16 * 1024)).await;
@@ -465,7 +633,7 @@ mod tests {
 
     #[tokio::test]
     async fn half_close_keeps_the_other_direction() {
-        let r = rig(Duration::from_secs(5), SpliceConfig::default()).await;
+        let r = rig(Duration::from_secs(5), PURE).await;
         let (mut car, mut caw) = r.client_app.into_split();
         let (mut sar, mut saw) = r.server_app.into_split();
         caw.write_all(b"hello").await.unwrap();
@@ -486,7 +654,7 @@ mod tests {
 
     #[tokio::test]
     async fn immediate_eof_closes_without_data() {
-        let r = rig(Duration::from_secs(5), SpliceConfig::default()).await;
+        let r = rig(Duration::from_secs(5), PURE).await;
         drop(r.client_app);
         drop(r.server_app);
         let (end, stats) = r.relay.await.unwrap();
@@ -495,20 +663,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn idle_timeout_fires() {
-        let r = rig(Duration::from_millis(300), SpliceConfig::default()).await;
+    async fn idle_timeout_fires_and_resets_both_sides() {
+        let r = rig(Duration::from_millis(300), PURE).await;
         let t0 = std::time::Instant::now();
         let (end, stats) = r.relay.await.unwrap();
         let took = t0.elapsed();
         assert_eq!(end, RelayEnd::IdleTimeout);
         assert_eq!((stats.to_server, stats.to_client), (0, 0));
         assert!(took >= Duration::from_millis(290) && took < Duration::from_secs(2), "took {took:?}");
-        drop((r.client_app, r.server_app));
+        // Both sides are reset, not closed politely.
+        let (mut c, mut sv) = (r.client_app, r.server_app);
+        expect_reset(&mut c).await;
+        expect_reset(&mut sv).await;
     }
 
     #[tokio::test]
     async fn activity_either_way_prevents_idle_timeout() {
-        let cfg = SpliceConfig { pipe_linger: Duration::from_millis(50), ..SpliceConfig::default() };
+        let cfg = SpliceConfig { pipe_linger: Duration::from_millis(50), ..PURE };
         let mut r = rig(Duration::from_millis(300), cfg).await;
         let mut b = [0u8; 1];
         // 12 x 120 ms = 1.44 s of traffic, alternating directions, each gap < 300 ms and
@@ -535,7 +706,7 @@ mod tests {
 
     #[tokio::test]
     async fn bursts_across_pipe_linger_arrive_intact() {
-        let cfg = SpliceConfig { pipe_linger: Duration::from_millis(20), ..SpliceConfig::default() };
+        let cfg = SpliceConfig { pipe_linger: Duration::from_millis(20), ..PURE };
         let r = rig(Duration::from_secs(5), cfg).await;
         let (car, mut caw) = r.client_app.into_split();
         let (sar, saw) = r.server_app.into_split();
@@ -560,17 +731,34 @@ mod tests {
         assert_eq!(stats.to_server, data.len() as u64);
     }
 
+    async fn expect_reset(s: &mut TcpStream) {
+        let mut buf = [0u8; 8];
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap();
+        assert!(matches!(&r, Err(e) if e.kind() == io::ErrorKind::ConnectionReset), "{r:?}");
+    }
+
     #[tokio::test]
-    async fn reset_is_an_error() {
-        let r = rig(Duration::from_secs(5), SpliceConfig::default()).await;
-        let (_car, mut caw) = r.client_app.into_split();
-        caw.write_all(b"ping").await.unwrap();
-        // The server aborts: RST instead of FIN.
+    async fn a_server_reset_resets_the_client_side_at_once() {
+        let mut r = rig(Duration::from_secs(3600), PURE).await;
+        r.client_app.write_all(b"ping").await.unwrap();
+        let mut b = [0u8; 4];
+        r.server_app.read_exact(&mut b).await.unwrap();
+        // The server aborts: RST instead of FIN. The client never closes its side.
         socket2::SockRef::from(&r.server_app).set_linger(Some(Duration::ZERO)).unwrap();
         drop(r.server_app);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        caw.shutdown().await.unwrap();
-        let (end, _) = tokio::time::timeout(Duration::from_secs(3), r.relay).await.unwrap().unwrap();
+        let (end, stats) = tokio::time::timeout(Duration::from_secs(5), r.relay).await.unwrap().unwrap();
         assert_eq!(end, RelayEnd::Error);
+        assert_eq!(stats.to_server, 4);
+        expect_reset(&mut r.client_app).await;
+    }
+
+    #[tokio::test]
+    async fn a_client_reset_resets_the_server_side_at_once() {
+        let mut r = rig(Duration::from_secs(3600), PURE).await;
+        socket2::SockRef::from(&r.client_app).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(r.client_app);
+        let (end, _) = tokio::time::timeout(Duration::from_secs(5), r.relay).await.unwrap().unwrap();
+        assert_eq!(end, RelayEnd::Error);
+        expect_reset(&mut r.server_app).await;
     }
 }

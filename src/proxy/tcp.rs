@@ -8,8 +8,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::http::route::route;
-use super::relay::relay;
 use super::sni::peek_client_hello;
+use super::splice::relay_splice;
 use super::Drain;
 use crate::balance::ActiveGuard;
 use crate::config::{Mode, Source};
@@ -99,7 +99,7 @@ async fn handle(client_stream: TcpStream, client: ClientAddr, svc: &Service) {
         match connect_upstream(target, source, svc.config.connect_timeout).await {
             Ok(upstream) => {
                 guard.connected();
-                let relaying = relay(
+                let relaying = relay_splice(
                     client_stream,
                     upstream,
                     svc.config.idle_timeout,
