@@ -49,8 +49,41 @@ impl Activity {
     fn touch(&self) {
         self.last_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
-    fn last(&self) -> Instant {
-        self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+}
+
+/// Runs the two directions of a relay to their end: both closed (half-close passes through
+/// while the other direction goes on), either failed, or no byte moved for `idle` (activity
+/// is `last_ms` since `epoch`). Shared by this copy loop and the splice relay.
+pub(super) async fn drive<A, B>(a: A, b: B, last_ms: &AtomicU64, epoch: Instant, idle: Duration) -> RelayEnd
+where
+    A: std::future::Future<Output = io::Result<()>>,
+    B: std::future::Future<Output = io::Result<()>>,
+{
+    let last = || epoch + Duration::from_millis(last_ms.load(Ordering::Relaxed));
+    let watchdog = async {
+        loop {
+            tokio::time::sleep_until(last() + idle).await;
+            if last().elapsed() >= idle {
+                return;
+            }
+        }
+    };
+    tokio::pin!(a, b, watchdog);
+    let (mut a_done, mut b_done) = (false, false);
+    loop {
+        tokio::select! {
+            r = &mut a, if !a_done => match r {
+                Ok(()) if b_done => return RelayEnd::Closed,
+                Ok(()) => a_done = true,
+                Err(_) => return RelayEnd::Error,
+            },
+            r = &mut b, if !b_done => match r {
+                Ok(()) if a_done => return RelayEnd::Closed,
+                Ok(()) => b_done = true,
+                Err(_) => return RelayEnd::Error,
+            },
+            _ = &mut watchdog => return RelayEnd::IdleTimeout,
+        }
     }
 }
 
@@ -101,31 +134,7 @@ pub async fn relay(
     let end = {
         let a = pump(&cr, &mut sw, &activity, to_server, &up);
         let b = pump(&sr, &mut cw, &activity, to_client, &down);
-        let watchdog = async {
-            loop {
-                tokio::time::sleep_until(activity.last() + idle).await;
-                if activity.last().elapsed() >= idle {
-                    return;
-                }
-            }
-        };
-        tokio::pin!(a, b, watchdog);
-        let (mut a_done, mut b_done) = (false, false);
-        loop {
-            tokio::select! {
-                r = &mut a, if !a_done => match r {
-                    Ok(()) if b_done => break RelayEnd::Closed,
-                    Ok(()) => a_done = true,
-                    Err(_) => break RelayEnd::Error,
-                },
-                r = &mut b, if !b_done => match r {
-                    Ok(()) if a_done => break RelayEnd::Closed,
-                    Ok(()) => b_done = true,
-                    Err(_) => break RelayEnd::Error,
-                },
-                _ = &mut watchdog => break RelayEnd::IdleTimeout,
-            }
-        }
+        drive(a, b, &activity.last_ms, activity.epoch, idle).await
     };
     if end != RelayEnd::Closed {
         // Pass the failure on: a reset, not a polite FIN, so neither side waits for more.

@@ -26,7 +26,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::relay::{RelayEnd, RelayStats};
+use super::relay::{drive, RelayEnd, RelayStats};
 
 /// Tuning for [`relay_splice_with`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,34 +111,7 @@ async fn run(
             new_pipe,
             Activity { last: &last, epoch, bytes: to_client, total: &down },
         );
-        let watchdog = async {
-            loop {
-                let deadline = epoch + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
-                tokio::time::sleep_until(deadline).await;
-                let quiet =
-                    epoch.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
-                if quiet >= idle {
-                    return;
-                }
-            }
-        };
-        tokio::pin!(a, b, watchdog);
-        let (mut a_done, mut b_done) = (false, false);
-        loop {
-            tokio::select! {
-                r = &mut a, if !a_done => match r {
-                    Ok(()) if b_done => break RelayEnd::Closed,
-                    Ok(()) => a_done = true,
-                    Err(_) => break RelayEnd::Error,
-                },
-                r = &mut b, if !b_done => match r {
-                    Ok(()) if a_done => break RelayEnd::Closed,
-                    Ok(()) => b_done = true,
-                    Err(_) => break RelayEnd::Error,
-                },
-                _ = &mut watchdog => break RelayEnd::IdleTimeout,
-            }
-        }
+        drive(a, b, &last, epoch, idle).await
         // The pumps (and their pipes) are dropped here.
     };
     if end != RelayEnd::Closed {
