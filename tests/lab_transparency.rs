@@ -170,3 +170,22 @@ fn a_server_that_does_not_answer_is_skipped_within_the_connect_timeout() {
     assert!(metric(&m, "portier_backend_connect_errors_total", &["server=\"198.18.2.99\""]) >= 2.0, "{m}");
     assert_eq!(metric(&m, "portier_backend_connections_total", &["server=\"198.18.2.11\""]), 4.0);
 }
+
+#[test]
+fn source_hash_keeps_each_client_on_one_server_and_spreads_clients() {
+    let s = setup(
+        LabSpec { backends: 2, extra_clients: 15 },
+        &PORTS,
+        &format!("{}{}", pool("source-hash", ""), rpc_service("")),
+    );
+    let mut used = std::collections::HashSet::new();
+    for i in 0..16 {
+        let first = s.greet(c4(i), vip4(135));
+        assert_eq!(first.peer.ip(), c4(i));
+        for port in [59532, 59533, 135] {
+            assert_eq!(s.greet(c4(i), vip4(port)).backend, first.backend, "client {} moved", c4(i));
+        }
+        used.insert(first.backend);
+    }
+    assert_eq!(used.len(), 2, "16 client addresses must hash onto both servers");
+}
