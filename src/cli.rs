@@ -128,6 +128,9 @@ pub fn summary(c: &Config) -> String {
             format_duration(sv.idle_timeout)
         );
     }
+    if let Some(sip) = &c.sip {
+        s.push_str(&config::sip_summary(sip));
+    }
     s
 }
 

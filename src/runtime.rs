@@ -32,6 +32,9 @@ pub enum RuntimeError {
 
 /// Runs portier until SIGTERM or SIGINT, then stops gracefully.
 pub async fn run(config: Config) -> Result<(), RuntimeError> {
+    if config.sip.is_some() {
+        tracing::warn!("the [sip] section is validated but the B2BUA is not running yet");
+    }
     let metrics = Arc::new(Metrics::new());
     let state = Arc::new(State::build(config, &metrics));
     let config = state.config.clone();

@@ -19,6 +19,7 @@ pub struct FileConfig {
     pub pools: BTreeMap<Spanned<String>, PoolFile>,
     #[serde(default)]
     pub services: BTreeMap<Spanned<String>, ServiceFile>,
+    pub sip: Option<super::sip::SipFile>,
 }
 
 #[derive(Debug, Deserialize)]

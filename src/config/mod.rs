@@ -5,6 +5,7 @@ mod error;
 mod file;
 mod model;
 mod service;
+mod sip;
 mod validate;
 
 use std::path::Path;
@@ -12,6 +13,10 @@ use std::path::Path;
 pub use duration::{format_duration, parse_duration};
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
+pub use sip::{
+    parse_sip_addr, summary as sip_summary, Forward, ForwardTo, Identity, SipAddr, SipConfig, SipExtension,
+    SipTrunk, SipVoicemail, TrunkKind,
+};
 pub use validate::{parse_port_spec, parse_server_address};
 
 /// Default location used by `portier run` and `portier check`.

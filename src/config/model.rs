@@ -13,6 +13,8 @@ pub struct Config {
     pub intercept: InterceptConfig,
     pub pools: Vec<PoolConfig>,
     pub services: Vec<ServiceConfig>,
+    /// The SIP B2BUA (validated; not run yet).
+    pub sip: Option<super::sip::SipConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -247,6 +247,9 @@ pub fn validate(file: &FileConfig, path: &Path, src: &str) -> Result<Config, Con
     // [services.*]
     let services = super::service::services(&mut c, file, &pools, &pool_index);
 
+    // [sip]
+    let sip = file.sip.as_ref().map(|s| super::sip::validate_sip(&mut c, s));
+
     if c.errors.is_empty() {
         Ok(Config {
             path: path.to_path_buf(),
@@ -255,6 +258,7 @@ pub fn validate(file: &FileConfig, path: &Path, src: &str) -> Result<Config, Con
             intercept,
             pools,
             services,
+            sip,
         })
     } else {
         Err(ConfigErrors(c.errors))

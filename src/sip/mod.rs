@@ -16,6 +16,8 @@
 //! are [`HeaderError`]s, and [`judge`] / [`judge_unparsed`] turn either into what RFC 3261 and
 //! RFC 4475 ask for: accept, answer (400/505) or drop.
 
+pub mod dialplan;
+pub mod digest;
 mod error;
 mod framer;
 mod grammar;
