@@ -24,6 +24,7 @@ mod grammar;
 mod headers;
 mod message;
 mod parse;
+pub mod transaction;
 mod uri;
 mod validate;
 
