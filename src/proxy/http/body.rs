@@ -16,6 +16,8 @@ use prometheus_client::metrics::counter::Counter;
 /// a long upload (or Outlook Anywhere's RPC_IN_DATA, answered only when it ends) is not cut.
 #[derive(Default)]
 pub struct BodySent {
+    /// Bytes of request body seen so far.
+    pub seen: AtomicU64,
     done: std::sync::atomic::AtomicBool,
     notify: tokio::sync::Notify,
 }
@@ -40,17 +42,16 @@ impl BodySent {
 /// The client's request body on its way to the server.
 pub struct RequestBody {
     inner: Incoming,
-    seen: Arc<AtomicU64>,
     counter: Counter,
     sent: Arc<BodySent>,
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, seen: Arc<AtomicU64>, counter: Counter, sent: Arc<BodySent>) -> Self {
+    pub fn new(inner: Incoming, counter: Counter, sent: Arc<BodySent>) -> Self {
         if inner.is_end_stream() {
             sent.mark();
         }
-        RequestBody { inner, seen, counter, sent }
+        RequestBody { inner, counter, sent }
     }
 }
 
@@ -66,7 +67,7 @@ impl Body for RequestBody {
         match &r {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
-                    self.seen.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    self.sent.seen.fetch_add(d.len() as u64, Ordering::Relaxed);
                     self.counter.inc_by(d.len() as u64);
                 }
                 if self.inner.is_end_stream() {

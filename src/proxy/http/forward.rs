@@ -2,7 +2,6 @@
 //! an upstream connection (pooled or new, retried on another server while nothing was sent),
 //! forward head and streamed body, stream the response back, then finish the exchange.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,7 +17,7 @@ use super::route::{cookie, route, set_cookie_value};
 use super::upstream::{connect, UpstreamKey};
 use super::{ConnState, HttpService, InFlight};
 use crate::balance::{ActiveGuard, Pool, Server};
-use crate::config::{Mode, Source};
+use crate::config::{AccessLog, Mode, Source};
 use crate::net::{ClientAddr, OrigDstAddr, UpstreamSource};
 use crate::state::Sticky;
 
@@ -28,10 +27,15 @@ const MAX_ATTEMPTS: usize = 3;
 struct Facts {
     started: Instant,
     client: ClientAddr,
+    /// Host, method and path, copied only when the access log is on.
+    logged: Option<Box<Logged>>,
+    h2: bool,
+}
+
+struct Logged {
     host: String,
     method: String,
     path: String,
-    h2: bool,
 }
 
 struct Exchange {
@@ -39,7 +43,8 @@ struct Exchange {
     facts: Facts,
     status: u16,
     server: Option<Arc<Server>>,
-    bytes_in: Arc<AtomicU64>,
+    /// What the client uploaded (None: nothing was forwarded).
+    sent: Option<Arc<BodySent>>,
     reuse: Option<(UpstreamKey, SendRequest<RequestBody>)>,
     _active: Option<ActiveGuard>,
     _in_flight: InFlight,
@@ -58,14 +63,15 @@ impl Finish for Exchange {
         if this.facts.h2 {
             this.hs.metrics.h2_streams.dec();
         }
+        let Some(logged) = &this.facts.logged else { return };
         let rec = AccessRecord {
             service: &this.hs.svc.config.name,
             client: this.facts.client.0,
-            host: &this.facts.host,
-            method: &this.facts.method,
-            path: &this.facts.path,
+            host: &logged.host,
+            method: &logged.method,
+            path: &logged.path,
             status: this.status,
-            bytes_in: this.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
+            bytes_in: this.sent.as_ref().map_or(0, |s| s.seen.load(std::sync::atomic::Ordering::Relaxed)),
             bytes_out,
             server: this.server.as_ref().map(|s| s.label.as_str()).unwrap_or("-"),
             duration,
@@ -77,19 +83,39 @@ impl Finish for Exchange {
     }
 }
 
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
 fn hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-        .collect();
-    for n in listed {
-        headers.remove(n);
+    let mut values = headers.get_all(header::CONNECTION).iter();
+    match (values.next(), values.next()) {
+        (None, _) => {}
+        (Some(v), None) => {
+            // The usual single `Connection:` line: a clone of its value shares the bytes, and
+            // names given as &str are looked up without allocating.
+            let v = v.clone();
+            let tokens = v.to_str().ok().into_iter().flat_map(|v| v.split(','));
+            for t in tokens.map(str::trim) {
+                if !(keep_upgrade && t.eq_ignore_ascii_case("upgrade")) {
+                    headers.remove(t);
+                }
+            }
+        }
+        (Some(_), Some(_)) => {
+            let listed: Vec<HeaderName> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+                .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+                .collect();
+            for n in listed {
+                headers.remove(n);
+            }
+        }
     }
-    for n in ["keep-alive", "proxy-connection", "te", "trailer"] {
+    for n in [KEEP_ALIVE, PROXY_CONNECTION, header::TE, header::TRAILER] {
         headers.remove(n);
     }
     if !keep_upgrade {
@@ -132,7 +158,7 @@ fn plain(
         facts,
         status: status.as_u16(),
         server: None,
-        bytes_in: Arc::new(AtomicU64::new(0)),
+        sent: None,
         reuse: None,
         _active: None,
         _in_flight: in_flight,
@@ -168,6 +194,20 @@ fn preferred(hs: &HttpService, pool: &Pool, headers: &HeaderMap, now: Instant) -
     }
 }
 
+/// The request's host (authority, else Host header), None when empty.
+fn req_host(req: &Request<Incoming>) -> Option<&str> {
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))?;
+    (!host.is_empty()).then_some(host)
+}
+
+fn req_path(req: &Request<Incoming>) -> String {
+    req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string()
+}
+
 pub async fn handle(
     mut req: Request<Incoming>,
     client: ClientAddr,
@@ -180,23 +220,25 @@ pub async fn handle(
     if h2 {
         hs.metrics.h2_streams.inc();
     }
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
-        .unwrap_or_default();
-    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-    let facts = Facts { started: Instant::now(), client, host, method: req.method().to_string(), path, h2 };
+    let started = Instant::now();
     let svc = &hs.svc;
+    let logged = (svc.config.access_log != AccessLog::Off).then(|| {
+        Box::new(Logged {
+            host: req_host(&req).unwrap_or_default().to_string(),
+            method: req.method().to_string(),
+            path: req_path(&req),
+        })
+    });
+    let facts = Facts { started, client, logged, h2 };
 
     if svc.config.mode == Mode::Redirect {
-        if facts.host.is_empty() || facts.host.contains(['/', ' ', '@']) {
+        let host = req_host(&req).unwrap_or_default();
+        if host.is_empty() || host.contains(['/', ' ', '@']) {
             return plain(&hs, facts, in_flight, StatusCode::BAD_REQUEST, "no usable Host header\n".into());
         }
-        let host = super::route::bare_host(&facts.host).to_string();
+        let host = super::route::bare_host(host).to_string();
         let host = if host.contains(':') { format!("[{host}]") } else { host };
-        let location = format!("https://{host}{}", facts.path);
+        let location = format!("https://{host}{}", req_path(&req));
         let mut r =
             plain(&hs, facts, in_flight, StatusCode::MOVED_PERMANENTLY, format!("moved to {location}\n"));
         if let Ok(v) = HeaderValue::from_str(&location) {
@@ -205,32 +247,33 @@ pub async fn handle(
         return r;
     }
 
-    let pool = route(&svc.routes, (!facts.host.is_empty()).then_some(facts.host.as_str()), req.uri().path())
-        .unwrap_or_else(|| svc.default_pool())
-        .clone();
-    let tls = hs.upstream_tls.get(&pool.name);
+    let routed =
+        if svc.routes.is_empty() { None } else { route(&svc.routes, req_host(&req), req.uri().path()) };
+    let pool = routed.unwrap_or_else(|| svc.default_pool()).clone();
+    let tls = if hs.upstream_tls.is_empty() { None } else { hs.upstream_tls.get(&pool.name) };
     let source = match svc.config.source {
         Source::Client => UpstreamSource::Client(client.ip()),
         Source::Balancer => UpstreamSource::Kernel,
         Source::Address(ip) => UpstreamSource::Fixed(ip),
     };
-    let now = Instant::now();
+    let now = started;
     let hint = preferred(&hs, &pool, req.headers(), now);
 
     // Choose and connect; nothing has been sent yet, so a failure may try another server.
-    let mut tried: Vec<usize> = Vec::with_capacity(MAX_ATTEMPTS);
+    let mut tried = [0usize; MAX_ATTEMPTS];
+    let mut attempts = 0;
     let mut last_error = String::new();
     let (i, server, key, mut sender, mut guard) = loop {
-        if tried.len() >= MAX_ATTEMPTS {
+        if attempts >= MAX_ATTEMPTS {
             let text = format!(
                 "502 bad gateway: no server of pool {} accepted the connection ({last_error})\n",
                 pool.name
             );
             return plain(&hs, facts, in_flight, StatusCode::BAD_GATEWAY, text);
         }
-        let Some(i) = svc.choose_in(&pool, client.ip(), hint, &tried, now) else {
+        let Some(i) = svc.choose_in(&pool, client.ip(), hint, &tried[..attempts], now) else {
             svc.metrics.no_server.inc();
-            if tried.is_empty() {
+            if attempts == 0 {
                 if svc.no_server_log.allow() {
                     tracing::warn!(service = %svc.config.name, pool = %pool.name, %client, "no server available: 503");
                 }
@@ -267,7 +310,8 @@ pub async fn handle(
                 last_error = e.to_string();
             }
         }
-        tried.push(i);
+        tried[attempts] = i;
+        attempts += 1;
     };
     guard.connected();
 
@@ -277,9 +321,12 @@ pub async fn handle(
     if facts.h2 {
         join_cookies(&mut parts.headers);
     }
-    if !parts.headers.contains_key(header::HOST) && !facts.host.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&facts.host) {
-            parts.headers.insert(header::HOST, v);
+    if !parts.headers.contains_key(header::HOST) {
+        // Then the host can only come from the request's authority (HTTP/2, absolute form).
+        if let Some(a) = parts.uri.authority().filter(|a| !a.as_str().is_empty()) {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                parts.headers.insert(header::HOST, v);
+            }
         }
     }
     if svc.config.source != Source::Client {
@@ -292,12 +339,15 @@ pub async fn handle(
         let _ = HeaderValue::from_str(&fwd).map(|v| parts.headers.append("forwarded", v));
     }
     parts.version = Version::HTTP_11;
-    parts.uri = facts.path.parse().unwrap_or_else(|_| hyper::Uri::from_static("/"));
-    let bytes_in = Arc::new(AtomicU64::new(0));
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        // Origin form (what HTTP/1.1 clients send) is forwarded as parsed.
+        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        parts.uri = path.parse().unwrap_or_else(|_| hyper::Uri::from_static("/"));
+    }
     let body_sent = Arc::new(BodySent::default());
     let up_req = Request::from_parts(
         parts,
-        RequestBody::new(body, bytes_in.clone(), server.metrics.bytes_to_server.clone(), body_sent.clone()),
+        RequestBody::new(body, server.metrics.bytes_to_server.clone(), body_sent.clone()),
     );
 
     // The response timeout runs once the request body is sent whole, not during the upload.
@@ -378,7 +428,7 @@ pub async fn handle(
         facts,
         status: status.as_u16(),
         server: Some(server.clone()),
-        bytes_in,
+        sent: Some(body_sent),
         reuse: (!upgraded).then_some((key, sender)),
         _active: active,
         _in_flight: in_flight,

@@ -3,7 +3,6 @@
 //! (server, source, tls): a transparent connection is only ever reused for the same client
 //! address, since the server sees that address as the peer.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,9 +41,11 @@ struct Idle {
     since: Instant,
 }
 
+/// A client connection reaches few distinct (server, source, tls) keys, usually one: a short
+/// list searched in order is cheaper per request than hashing the key.
 #[derive(Default)]
 pub struct UpstreamPool {
-    idle: Mutex<HashMap<UpstreamKey, Vec<Idle>>>,
+    idle: Mutex<Vec<(UpstreamKey, Vec<Idle>)>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +69,7 @@ impl UpstreamPool {
     /// A ready idle connection for `key`, if any; stale and closed ones are dropped.
     pub fn checkout(&self, key: &UpstreamKey) -> Option<SendRequest<RequestBody>> {
         let mut map = self.idle.lock().expect("upstream pool poisoned");
-        let list = map.get_mut(key)?;
+        let (_, list) = map.iter_mut().find(|(k, _)| k == key)?;
         while let Some(idle) = list.pop() {
             if idle.since.elapsed() < MAX_IDLE && idle.sender.is_ready() && !idle.sender.is_closed() {
                 return Some(idle.sender);
@@ -83,7 +84,14 @@ impl UpstreamPool {
             return;
         }
         let mut map = self.idle.lock().expect("upstream pool poisoned");
-        let list = map.entry(key).or_default();
+        let at = match map.iter().position(|(k, _)| *k == key) {
+            Some(at) => at,
+            None => {
+                map.push((key, Vec::new()));
+                map.len() - 1
+            }
+        };
+        let list = &mut map[at].1;
         if list.len() < MAX_IDLE_PER_KEY {
             list.push(Idle { sender, since: Instant::now() });
         }
@@ -92,14 +100,14 @@ impl UpstreamPool {
     /// Drops closed and stale connections (called periodically).
     pub fn purge(&self) {
         let mut map = self.idle.lock().expect("upstream pool poisoned");
-        map.retain(|_, list| {
+        map.retain_mut(|(_, list)| {
             list.retain(|i| i.since.elapsed() < MAX_IDLE && !i.sender.is_closed());
             !list.is_empty()
         });
     }
 
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().expect("upstream pool poisoned").values().map(Vec::len).sum()
+        self.idle.lock().expect("upstream pool poisoned").iter().map(|(_, l)| l.len()).sum()
     }
 }
 
