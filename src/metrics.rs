@@ -69,6 +69,45 @@ pub struct Metrics {
     http2_active_streams: Family<ServiceLabels, Gauge>,
     tls_handshakes: Family<ServiceLabels, Counter>,
     tls_handshake_failures: Family<ServiceLabels, Counter>,
+    sip: SipMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// answered, busy, no_answer, cancelled, failed, rejected
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrunkLabels {
+    pub trunk: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: String,
+}
+
+/// Handles for the SIP B2BUA (one engine per process).
+#[derive(Clone, Default)]
+pub struct SipMetrics {
+    pub registrations: Gauge,
+    pub calls_active: Gauge,
+    pub calls: Family<OutcomeLabels, Counter>,
+    pub transactions: Gauge,
+    pub trunk_registered: Family<TrunkLabels, Gauge>,
+    pub trunk_up: Family<TrunkLabels, Gauge>,
+    pub requests: Family<MethodLabels, Counter>,
+    pub auth_failures: Counter,
+    pub mwi_received: Counter,
+    pub mwi_delivered: Counter,
+}
+
+impl SipMetrics {
+    /// Counts one finished call.
+    pub fn call_ended(&self, outcome: &str) {
+        self.calls.get_or_create(&OutcomeLabels { outcome: outcome.to_string() }).inc();
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -157,8 +196,40 @@ impl Metrics {
             http2_active_streams: Family::default(),
             tls_handshakes: Family::default(),
             tls_handshake_failures: Family::default(),
+            sip: SipMetrics::default(),
             registry: Registry::default(),
         };
+        let sip = &m.sip;
+        registry.register(
+            "sip_registrations",
+            "Registered contacts of extensions",
+            sip.registrations.clone(),
+        );
+        registry.register("sip_calls_active", "Calls answered and not yet ended", sip.calls_active.clone());
+        registry.register("sip_calls", "Calls ended, by outcome", sip.calls.clone());
+        registry.register("sip_transactions", "Live SIP transactions", sip.transactions.clone());
+        registry.register(
+            "sip_trunk_registered",
+            "1 while a register trunk holds a valid registration",
+            sip.trunk_registered.clone(),
+        );
+        registry.register("sip_trunk_up", "1 while a trunk is considered reachable", sip.trunk_up.clone());
+        registry.register("sip_requests", "SIP requests received, by method", sip.requests.clone());
+        registry.register(
+            "sip_auth_failures",
+            "Digest authentications refused (wrong password, replay, rate limit)",
+            sip.auth_failures.clone(),
+        );
+        registry.register(
+            "sip_mwi_received",
+            "Message-waiting NOTIFYs received from voicemail",
+            sip.mwi_received.clone(),
+        );
+        registry.register(
+            "sip_mwi_delivered",
+            "Message-waiting NOTIFYs sent to phones",
+            sip.mwi_delivered.clone(),
+        );
         registry.register(
             "service_connections",
             "Connections accepted by a service",
@@ -228,6 +299,11 @@ impl Metrics {
             m.tls_handshake_failures.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    /// The SIP B2BUA's handles.
+    pub fn sip(&self) -> SipMetrics {
+        self.sip.clone()
     }
 
     pub fn http_service(&self, service: &str) -> HttpServiceMetrics {

@@ -28,13 +28,12 @@ pub enum RuntimeError {
     Signal(std::io::Error),
     #[error("{0}")]
     Http(#[from] crate::proxy::http::HttpSetupError),
+    #[error("{0}")]
+    Sip(#[from] crate::sip::service::SipError),
 }
 
 /// Runs portier until SIGTERM or SIGINT, then stops gracefully.
 pub async fn run(config: Config) -> Result<(), RuntimeError> {
-    if config.sip.is_some() {
-        tracing::warn!("the [sip] section is validated but the B2BUA is not running yet");
-    }
     let metrics = Arc::new(Metrics::new());
     let state = Arc::new(State::build(config, &metrics));
     let config = state.config.clone();
@@ -64,6 +63,11 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
             listeners.push((l, svc.clone()));
         }
     }
+    // SIP sockets are bound before anything is installed, like the listeners above.
+    let sip = match &config.sip {
+        Some(s) => Some((crate::sip::service::bind(s).await?, Arc::new(s.clone()))),
+        None => None,
+    };
     let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
         .await
         .map_err(|source| RuntimeError::Admin { addr: config.admin.listen, source })?;
@@ -106,6 +110,9 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     let admin = Arc::new(Admin { metrics: metrics.clone(), state: state.clone() });
     tasks.push(tokio::spawn(admin::serve(admin_listener, admin, stop_rx.clone())));
     tasks.push(tokio::spawn(purge_sticky(state.clone(), stop_rx.clone())));
+    if let Some((bound, sip_cfg)) = sip {
+        tasks.push(tokio::spawn(crate::sip::service::run(bound, sip_cfg, metrics.sip(), stop_rx.clone())));
+    }
 
     let mut sighup = signal(SignalKind::hangup()).map_err(RuntimeError::Signal)?;
     let why = loop {

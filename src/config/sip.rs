@@ -17,9 +17,12 @@ use super::file::CertFile;
 use super::model::{CertSpec, SipTransport};
 use super::validate::{span, Checker};
 use crate::sip::dialplan::{is_number, DialPlan, Pattern, Route, Rule, Target};
+use crate::sip::digest::Algorithm;
 
 pub const DEFAULT_RING_TIME: Duration = Duration::from_secs(20);
 pub const DEFAULT_REGISTER_EXPIRES: Duration = Duration::from_secs(3600);
+/// How long a digest nonce is accepted (then `stale=true` asks for a fresh one).
+pub const DEFAULT_NONCE_LIFETIME: Duration = Duration::from_secs(300);
 
 // ---------------------------------------------------------------------------------------------
 // Stage one: the file as written.
@@ -30,6 +33,8 @@ pub struct SipFile {
     pub listen: Spanned<Vec<Spanned<String>>>,
     pub domain: Spanned<String>,
     pub tls: Option<CertFile>,
+    pub nonce_lifetime: Option<Spanned<String>>,
+    pub digest_algorithms: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub extensions: BTreeMap<Spanned<String>, ExtensionFile>,
     #[serde(default)]
@@ -112,6 +117,11 @@ pub struct SipConfig {
     pub domain: String,
     /// Certificate and key for `tls:` listeners (and mutual TLS towards peers).
     pub tls: Option<CertSpec>,
+    /// How long a digest nonce stays valid.
+    pub nonce_lifetime: Duration,
+    /// Digest algorithms offered in challenges, most preferred first; credentials using
+    /// another are refused.
+    pub digest_algorithms: Vec<crate::sip::digest::Algorithm>,
     /// By extension number.
     pub extensions: BTreeMap<String, SipExtension>,
     /// By trunk name.
@@ -302,6 +312,36 @@ pub(super) fn validate_sip(c: &mut Checker<'_>, f: &SipFile) -> SipConfig {
         }
         CertSpec { cert: PathBuf::from(t.cert.get_ref()), key: PathBuf::from(t.key.get_ref()) }
     });
+
+    let nonce_lifetime = c.duration(&f.nonce_lifetime, "sip.nonce_lifetime", DEFAULT_NONCE_LIFETIME);
+    if nonce_lifetime < Duration::from_secs(1) {
+        c.err(f.nonce_lifetime.as_ref().and_then(span), "sip.nonce_lifetime", "must be at least 1s");
+    }
+
+    // MD5 first by default: most desk phones (and sipp) answer only the first challenge and
+    // know only MD5; SHA-256 is still offered, and `["SHA-256", "MD5"]` prefers it.
+    let mut digest_algorithms = Vec::new();
+    match &f.digest_algorithms {
+        None => digest_algorithms = vec![Algorithm::Md5, Algorithm::Sha256],
+        Some(list) => {
+            if list.get_ref().is_empty() {
+                c.err(span(list), "sip.digest_algorithms", "needs at least one of \"MD5\", \"SHA-256\"");
+            }
+            for a in list.get_ref() {
+                match Algorithm::from_token(a.get_ref()) {
+                    Some(alg) if digest_algorithms.contains(&alg) => {
+                        c.err(span(a), "sip.digest_algorithms", format!("`{}` is listed twice", a.get_ref()))
+                    }
+                    Some(alg) => digest_algorithms.push(alg),
+                    None => c.err(
+                        span(a),
+                        "sip.digest_algorithms",
+                        format!("`{}` is not a digest algorithm: use \"MD5\" or \"SHA-256\"", a.get_ref()),
+                    ),
+                }
+            }
+        }
+    }
 
     // trunks (before the dial plan, which refers to them)
     let mut trunks = BTreeMap::new();
@@ -497,7 +537,17 @@ pub(super) fn validate_sip(c: &mut Checker<'_>, f: &SipFile) -> SipConfig {
         }
     }
 
-    SipConfig { listen, domain: f.domain.get_ref().clone(), tls, extensions, trunks, voicemail, dialplan }
+    SipConfig {
+        listen,
+        domain: f.domain.get_ref().clone(),
+        tls,
+        nonce_lifetime,
+        digest_algorithms,
+        extensions,
+        trunks,
+        voicemail,
+        dialplan,
+    }
 }
 
 fn names<T>(m: &BTreeMap<Spanned<String>, T>) -> String {

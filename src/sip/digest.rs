@@ -61,7 +61,7 @@ impl Algorithm {
         }
     }
 
-    fn from_token(token: &str) -> Option<Self> {
+    pub fn from_token(token: &str) -> Option<Self> {
         if token.eq_ignore_ascii_case("MD5") {
             Some(Algorithm::Md5)
         } else if token.eq_ignore_ascii_case("SHA-256") {
@@ -260,13 +260,20 @@ impl DigestServer {
         URL_SAFE_NO_PAD.encode(all)
     }
 
-    /// Challenge header values (`WWW-Authenticate` / `Proxy-Authenticate`), one per algorithm,
-    /// SHA-256 before MD5 whatever the order of `algorithms` (RFC 8760 §2.4), sharing one nonce.
+    /// Challenge header values (`WWW-Authenticate` / `Proxy-Authenticate`), one per algorithm in
+    /// the order given (RFC 8760 §2.4: most preferred first; clients take the first they
+    /// support), duplicates dropped, all sharing one nonce.
     pub fn challenge(&self, now: u64, stale: bool, algorithms: &[Algorithm]) -> Vec<String> {
         let nonce = self.nonce(now);
-        [Algorithm::Sha256, Algorithm::Md5]
-            .into_iter()
-            .filter(|a| algorithms.contains(a))
+        let mut seen = Vec::with_capacity(2);
+        algorithms
+            .iter()
+            .copied()
+            .filter(|a| {
+                let new = !seen.contains(a);
+                seen.push(*a);
+                new
+            })
             .map(|a| {
                 let mut v = format!(
                     "Digest realm={}, nonce=\"{}\", algorithm={}, qop=\"auth\"",

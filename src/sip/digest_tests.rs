@@ -74,10 +74,12 @@ fn rfc7616_vectors() {
 #[test]
 fn challenge_shape() {
     let s = server();
-    let ch = s.challenge(T0, false, &[Algorithm::Md5, Algorithm::Sha256]);
+    let ch = s.challenge(T0, false, &[Algorithm::Sha256, Algorithm::Md5, Algorithm::Sha256]);
     assert_eq!(ch.len(), 2);
     assert_eq!(param(&ch[0], "algorithm"), "SHA-256");
     assert_eq!(param(&ch[1], "algorithm"), "MD5");
+    let md5_first = s.challenge(T0, false, &[Algorithm::Md5, Algorithm::Sha256]);
+    assert_eq!(param(&md5_first[0], "algorithm"), "MD5", "order as configured");
     assert_eq!(param(&ch[0], "nonce"), param(&ch[1], "nonce"));
     assert_eq!(param(&ch[0], "qop"), "auth");
     assert_eq!(param(&ch[0], "realm"), "pbx.example");

@@ -18,6 +18,8 @@
 
 pub mod dialplan;
 pub mod digest;
+pub mod engine;
+pub mod service;
 mod error;
 mod framer;
 mod grammar;

@@ -26,7 +26,8 @@
 //! [`client_key`] / [`server_key`] implement the matching rules of §17.1.3 and §17.2.3, and
 //! [`TransactionTable`] keeps the live transactions of one endpoint keyed by them.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 
 use super::{Message, ReplyContext};
@@ -798,7 +799,7 @@ impl Machine for Transaction {
 // ---- matching --------------------------------------------------------------------------------
 
 /// Which side of a transaction a key names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
     /// We sent the request.
     Client,
@@ -807,7 +808,7 @@ pub enum Role {
 }
 
 /// A transaction identifier (RFC 3261 §17.1.3, §17.2.3).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
     /// Client or server side.
     pub role: Role,
@@ -886,16 +887,21 @@ pub struct Dispatch {
 }
 
 /// The live transactions of one endpoint. Terminated ones are purged as soon as they finish.
+///
+/// Deadlines sit in a min-heap so a busy B2BUA (tens of thousands of transactions lingering in
+/// Completed for timers D and K) finds the due ones without scanning them all. An entry may be
+/// stale (the machine moved on); stale entries cost one lookup when they surface.
 #[derive(Debug, Clone, Default)]
 pub struct TransactionTable {
     timers: Timers,
     map: HashMap<Key, Transaction>,
+    deadlines: BinaryHeap<Reverse<(Instant, Key)>>,
 }
 
 impl TransactionTable {
     /// An empty table using `timers` for every new transaction.
     pub fn new(timers: Timers) -> Self {
-        TransactionTable { timers, map: HashMap::new() }
+        TransactionTable { timers, map: HashMap::new(), deadlines: BinaryHeap::new() }
     }
 
     /// How many transactions are live.
@@ -961,18 +967,23 @@ impl TransactionTable {
     /// Fires every due timer; returns the actions per transaction and purges terminated ones.
     pub fn on_timer(&mut self, now: Instant) -> Vec<(Key, Action)> {
         let mut out = Vec::new();
-        for (key, tx) in &mut self.map {
-            if tx.next_deadline().is_some_and(|d| d <= now) {
-                out.extend(tx.handle(Event::Timer, now).into_iter().map(|a| (key.clone(), a)));
+        while let Some(Reverse((at, _))) = self.deadlines.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, key))) = self.deadlines.pop() else { break };
+            let due = self.map.get(&key).and_then(Transaction::next_deadline).is_some_and(|d| d <= now);
+            if due {
+                out.extend(self.feed(&key, Event::Timer, now).into_iter().map(|a| (key.clone(), a)));
             }
         }
-        self.purge();
         out
     }
 
-    /// The earliest deadline of any transaction.
+    /// The earliest deadline of any transaction (possibly earlier than the true one when a
+    /// machine moved on since; waking early is harmless).
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.map.values().filter_map(Transaction::next_deadline).min()
+        self.deadlines.peek().map(|Reverse((at, _))| *at)
     }
 
     /// Drops terminated transactions.
@@ -982,6 +993,9 @@ impl TransactionTable {
 
     fn insert(&mut self, key: Key, tx: Transaction) {
         if !tx.is_terminated() {
+            if let Some(d) = tx.next_deadline() {
+                self.deadlines.push(Reverse((d, key.clone())));
+            }
             self.map.insert(key, tx);
         }
     }
@@ -990,9 +1004,15 @@ impl TransactionTable {
         let Some(tx) = self.map.get_mut(key) else {
             return Vec::new();
         };
+        let before = tx.next_deadline();
         let actions = tx.handle(event, now);
         if tx.is_terminated() {
             self.map.remove(key);
+        } else if let Some(d) = tx.next_deadline() {
+            // Unchanged deadlines already have their entry (it was not popped).
+            if before != Some(d) || before.is_some_and(|b| b <= now) {
+                self.deadlines.push(Reverse((d, key.clone())));
+            }
         }
         actions
     }

@@ -1,0 +1,346 @@
+//! Trunks: `register` trunks keep a registration at their provider (digest auth, refresh before
+//! expiry, back-off after failure); `peer` trunks are pinged with OPTIONS and marked down after
+//! three pings in a row go unanswered.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::config::SipConfig;
+use crate::config::{SipAddr, SipTrunk, TrunkKind};
+use crate::metrics::{SipMetrics, TrunkLabels};
+use crate::sip::digest;
+use crate::sip::transaction::Key;
+use crate::sip::Message;
+
+use super::build::{self, RequestParts};
+use super::{Dest, Engine, Now, Purpose, Wake};
+
+/// Pings in a row without an answer before a peer is down.
+const MAX_MISSED: u32 = 3;
+/// Longest pause between registration attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RegState {
+    Unregistered,
+    Registering,
+    Registered,
+    Failed,
+}
+
+impl RegState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegState::Unregistered => "unregistered",
+            RegState::Registering => "registering",
+            RegState::Registered => "registered",
+            RegState::Failed => "failed",
+        }
+    }
+}
+
+pub(super) struct TrunkState {
+    pub name: String,
+    pub cfg: SipTrunk,
+    pub up: bool,
+    pub missed: u32,
+    pub ping_outstanding: bool,
+    pub reg: RegState,
+    call_id: String,
+    from_tag: String,
+    cseq: u32,
+    /// Whether the REGISTER in flight already carried credentials for this challenge round.
+    authed: bool,
+    backoff: Duration,
+    up_gauge: prometheus_client::metrics::gauge::Gauge,
+    reg_gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl TrunkState {
+    pub fn all(cfg: &SipConfig, metrics: &SipMetrics) -> Vec<TrunkState> {
+        cfg.trunks
+            .iter()
+            .map(|(name, t)| {
+                let l = TrunkLabels { trunk: name.clone() };
+                let up_gauge = metrics.trunk_up.get_or_create(&l).clone();
+                up_gauge.set(1);
+                let reg_gauge = metrics.trunk_registered.get_or_create(&l).clone();
+                TrunkState {
+                    name: name.clone(),
+                    cfg: t.clone(),
+                    up: true,
+                    missed: 0,
+                    ping_outstanding: false,
+                    reg: RegState::Unregistered,
+                    call_id: String::new(),
+                    from_tag: String::new(),
+                    cseq: 0,
+                    authed: false,
+                    backoff: Duration::ZERO,
+                    up_gauge,
+                    reg_gauge,
+                }
+            })
+            .collect()
+    }
+
+    /// Where calls and requests for this trunk go.
+    pub fn addr(&self) -> SipAddr {
+        match &self.cfg.kind {
+            TrunkKind::Peer { address, .. } => *address,
+            TrunkKind::Register { registrar, .. } => *registrar,
+        }
+    }
+
+    /// The host part of Request-URIs towards the trunk.
+    pub fn uri_host(&self) -> String {
+        match &self.cfg.kind {
+            TrunkKind::Peer { address, .. } => {
+                format!("{}{}", build::host_port(address.addr), build::uri_transport(address.transport))
+            }
+            TrunkKind::Register { domain, registrar, .. } => {
+                format!("{domain}{}", build::uri_transport(registrar.transport))
+            }
+        }
+    }
+
+    fn set_up(&mut self, up: bool) {
+        if self.up != up {
+            if up {
+                tracing::info!(trunk = self.name, "SIP trunk up: OPTIONS answered");
+            } else {
+                tracing::warn!(trunk = self.name, "SIP trunk DOWN: {MAX_MISSED} OPTIONS pings unanswered");
+            }
+        }
+        self.up = up;
+        self.up_gauge.set(i64::from(up));
+    }
+}
+
+impl Engine {
+    /// The trunk a request from `ip` arrived on, if any.
+    pub(super) fn trunk_from(&self, ip: IpAddr) -> Option<usize> {
+        self.trunks.iter().position(|t| t.addr().addr.ip() == ip)
+    }
+
+    /// Index of the trunk named `name`.
+    pub(super) fn trunk_index(&self, name: &str) -> Option<usize> {
+        self.trunks.iter().position(|t| t.name == name)
+    }
+
+    pub(super) fn trunk_start(&mut self, i: usize, now: Now) {
+        match self.trunks[i].cfg.kind {
+            TrunkKind::Register { .. } => {
+                let t = &mut self.trunks[i];
+                t.call_id = self.ids.call_id(&self.cfg.domain);
+                t.from_tag = self.ids.tag();
+                self.schedule(now.mono, Wake::Register(i));
+            }
+            TrunkKind::Peer { options_ping: Some(_), .. } => self.schedule(now.mono, Wake::Ping(i)),
+            TrunkKind::Peer { .. } => {}
+        }
+    }
+
+    /// Sends a REGISTER for trunk `i`, with credentials answering `challenge` if given.
+    pub(super) fn trunk_register(&mut self, i: usize, now: Now) {
+        self.send_trunk_register(i, None, now);
+    }
+
+    fn send_trunk_register(&mut self, i: usize, challenge: Option<(&'static str, String)>, now: Now) {
+        let TrunkKind::Register { registrar, domain, username, secret, expires, .. } =
+            self.trunks[i].cfg.kind.clone()
+        else {
+            return;
+        };
+        let local = self.local_for(registrar.transport, registrar.addr);
+        let branch = self.ids.branch();
+        let t = &mut self.trunks[i];
+        t.cseq += 1;
+        if t.reg != RegState::Registered {
+            t.reg = RegState::Registering;
+        }
+        let aor = format!("<sip:{username}@{domain}>");
+        let ruri = format!("sip:{domain}{}", build::uri_transport(registrar.transport));
+        let via = build::via(local, &branch);
+        let contact = build::contact(&username, local);
+        let from = format!("{aor};tag={}", t.from_tag);
+        let Ok(mut req) = build::request(&RequestParts {
+            method: "REGISTER",
+            ruri: &ruri,
+            via: &via,
+            from: &from,
+            to: &aor,
+            call_id: &t.call_id,
+            cseq: t.cseq,
+            max_forwards: 70,
+            routes: &[],
+            contact: Some(&contact),
+        }) else {
+            return;
+        };
+        let _ = req.insert_header(req.headers().len() - 1, "Expires", &expires.as_secs().to_string());
+        t.authed = challenge.is_some();
+        if let Some((header, value)) = challenge {
+            let cnonce = self.ids.cnonce();
+            match digest::respond(&value, "REGISTER", &ruri, &username, &secret, &cnonce, 1) {
+                Ok(auth) => {
+                    let _ = req.insert_header(req.headers().len() - 1, header, &auth);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        trunk = self.trunks[i].name,
+                        "SIP trunk: cannot answer the challenge: {e}"
+                    );
+                    self.trunk_register_failed(i, now);
+                    return;
+                }
+            }
+        }
+        let dest = Dest { transport: registrar.transport, addr: registrar.addr, conn: None };
+        self.send_request(req, dest, Purpose::TrunkRegister(i), now);
+    }
+
+    pub(super) fn on_trunk_register_response(&mut self, i: usize, _key: &Key, resp: Message, now: Now) {
+        let status = resp.status().unwrap_or(500);
+        let name = self.trunks[i].name.clone();
+        match status {
+            100..=199 => {}
+            200..=299 => {
+                let requested = match &self.trunks[i].cfg.kind {
+                    TrunkKind::Register { expires, .. } => expires.as_secs() as u32,
+                    TrunkKind::Peer { .. } => return,
+                };
+                // The granted time: our Contact's expires param, else Expires, else what we asked.
+                let granted = match resp.contacts() {
+                    Ok(crate::sip::ContactList::Addrs(a)) => {
+                        a.iter().find_map(|c| c.expires().ok().flatten())
+                    }
+                    _ => None,
+                }
+                .or(resp.expires().ok().flatten())
+                .unwrap_or(requested)
+                .max(1);
+                let t = &mut self.trunks[i];
+                if t.reg != RegState::Registered {
+                    tracing::info!(trunk = name, expires = granted, "SIP trunk registered");
+                }
+                t.reg = RegState::Registered;
+                t.backoff = Duration::ZERO;
+                t.reg_gauge.set(1);
+                // Refresh with a margin: half the time for short registrations, 30 s for long ones.
+                let g = Duration::from_secs(u64::from(granted));
+                let refresh = g - (g / 2).min(Duration::from_secs(30));
+                self.schedule(now.mono + refresh, Wake::Register(i));
+            }
+            401 | 407 if !self.trunks[i].authed || is_stale(&resp, status) => {
+                let header = if status == 401 { "WWW-Authenticate" } else { "Proxy-Authenticate" };
+                let challenge = pick_challenge(&resp, header);
+                match challenge {
+                    Some(c) => {
+                        let cred = if status == 401 { "Authorization" } else { "Proxy-Authorization" };
+                        self.send_trunk_register(i, Some((cred, c)), now);
+                    }
+                    None => {
+                        tracing::warn!(trunk = name, "SIP trunk: {status} without a usable Digest challenge");
+                        self.trunk_register_failed(i, now);
+                    }
+                }
+            }
+            _ => {
+                let reason = if status == 401 || status == 407 { " (credentials refused)" } else { "" };
+                tracing::warn!(trunk = name, status, "SIP trunk registration failed{reason}");
+                self.trunk_register_failed(i, now);
+            }
+        }
+    }
+
+    fn trunk_register_failed(&mut self, i: usize, now: Now) {
+        let first = self.opts.register_backoff;
+        let t = &mut self.trunks[i];
+        t.reg = RegState::Failed;
+        t.reg_gauge.set(0);
+        t.backoff = if t.backoff.is_zero() { first } else { (t.backoff * 2).min(MAX_BACKOFF) };
+        let wait = t.backoff;
+        tracing::info!(trunk = t.name, "SIP trunk: next registration attempt in {wait:?}");
+        self.schedule(now.mono + wait, Wake::Register(i));
+    }
+
+    pub(super) fn trunk_ping(&mut self, i: usize, now: Now) {
+        let TrunkKind::Peer { address, options_ping: Some(every), .. } = self.trunks[i].cfg.kind else {
+            return;
+        };
+        if self.trunks[i].ping_outstanding {
+            self.trunks[i].missed += 1;
+            if self.trunks[i].missed >= MAX_MISSED {
+                self.trunks[i].set_up(false);
+            }
+        }
+        let local = self.local_for(address.transport, address.addr);
+        let branch = self.ids.branch();
+        let tag = self.ids.tag();
+        let call_id = self.ids.call_id(&self.cfg.domain);
+        let host = self.trunks[i].uri_host();
+        let ruri = format!("sip:{host}");
+        let from = format!("<sip:portier@{}>;tag={tag}", self.cfg.domain);
+        let via = build::via(local, &branch);
+        let Ok(req) = build::request(&RequestParts {
+            method: "OPTIONS",
+            ruri: &ruri,
+            via: &via,
+            from: &from,
+            to: &format!("<{ruri}>"),
+            call_id: &call_id,
+            cseq: 1,
+            max_forwards: 70,
+            routes: &[],
+            contact: None,
+        }) else {
+            return;
+        };
+        self.trunks[i].ping_outstanding = true;
+        let dest = Dest { transport: address.transport, addr: address.addr, conn: None };
+        self.send_request(req, dest, Purpose::TrunkPing(i), now);
+        self.schedule(now.mono + every, Wake::Ping(i));
+    }
+
+    pub(super) fn on_trunk_ping_response(&mut self, i: usize, resp: &Message, synthetic: bool) {
+        let status = resp.status().unwrap_or(500);
+        if status < 200 {
+            return;
+        }
+        let t = &mut self.trunks[i];
+        t.ping_outstanding = false;
+        // Any real answer (even 404/405) proves the peer is alive; our own synthetic 408/503
+        // (timeout, connection refused) does not.
+        if synthetic {
+            t.missed += 1;
+            if t.missed >= MAX_MISSED {
+                t.set_up(false);
+            }
+        } else {
+            t.missed = 0;
+            t.set_up(true);
+        }
+    }
+
+    /// State of every trunk for /status: (name, kind, registration, up).
+    pub fn trunk_states(&self) -> Vec<(String, &'static str, &'static str, bool)> {
+        self.trunks.iter().map(|t| (t.name.clone(), t.cfg.kind.as_str(), t.reg.as_str(), t.up)).collect()
+    }
+}
+
+/// The SHA-256 challenge when offered (RFC 8760), else the first Digest one.
+pub(super) fn pick_challenge(resp: &Message, header: &'static str) -> Option<String> {
+    let all: Vec<String> =
+        resp.get_all(header).filter_map(|h| h.value_text(header).ok().map(|v| v.into_owned())).collect();
+    all.iter()
+        .find(|c| c.to_ascii_lowercase().contains("sha-256") && digest::parse_digest(c).is_ok())
+        .or_else(|| all.iter().find(|c| digest::parse_digest(c).is_ok()))
+        .cloned()
+}
+
+fn is_stale(resp: &Message, status: u16) -> bool {
+    let header = if status == 401 { "WWW-Authenticate" } else { "Proxy-Authenticate" };
+    pick_challenge(resp, header)
+        .is_some_and(|c| c.to_ascii_lowercase().replace(' ', "").contains("stale=true"))
+}

@@ -1,0 +1,372 @@
+//! The SIP transports (UDP, TCP, TLS) and the task that drives the engine.
+//!
+//! One task owns the [`Engine`] and the table of connections; socket tasks only move bytes:
+//! UDP readers hand datagrams over, each TCP/TLS connection has a reader (framing with
+//! [`StreamFramer`], answering CRLF keep-alive pings itself) and a writer fed by a channel.
+//! Connections are reused both ways: a reply goes back on the connection its request came in
+//! on, and a request to an address we already have a connection with (a phone registered over
+//! TCP, a trunk) goes on that connection; otherwise one is opened.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{SipConfig, SipTransport};
+use crate::metrics::SipMetrics;
+use crate::proxy::tls::{client_config, TlsAcceptorHandle, UpstreamTls};
+use crate::sip::engine::{Dest, Engine, EngineOptions, Now, Outgoing};
+use crate::sip::{Frame, StreamFramer};
+
+/// Connecting to a peer (TCP handshake plus TLS) may take this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Queued outbound messages per connection before new ones are dropped (UDP-like loss;
+/// transactions retransmit or time out).
+const CONN_QUEUE: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SipError {
+    #[error("SIP listener {addr}: {source}")]
+    Bind { addr: String, source: io::Error },
+    #[error("SIP TLS certificate: {0}")]
+    Tls(#[from] crate::proxy::tls::TlsError),
+}
+
+/// Sockets bound before anything else starts, so a busy port stops the start with its name.
+pub struct Bound {
+    udp: Vec<Arc<UdpSocket>>,
+    tcp: Vec<(SipTransport, TcpListener)>,
+    acceptor: Option<TlsAcceptorHandle>,
+}
+
+/// Binds every `[sip] listen` address and loads the TLS certificate.
+pub async fn bind(cfg: &SipConfig) -> Result<Bound, SipError> {
+    let mut b = Bound { udp: Vec::new(), tcp: Vec::new(), acceptor: None };
+    if cfg.listen.iter().any(|l| l.transport == SipTransport::Tls) {
+        let spec: Vec<crate::proxy::tls::CertSpec> = cfg
+            .tls
+            .iter()
+            .map(|c| crate::proxy::tls::CertSpec { cert: c.cert.clone(), key: c.key.clone() })
+            .collect();
+        b.acceptor = Some(TlsAcceptorHandle::load(&spec)?);
+    }
+    for l in &cfg.listen {
+        let err = |source| SipError::Bind { addr: l.to_string(), source };
+        match l.transport {
+            SipTransport::Udp => b.udp.push(Arc::new(UdpSocket::bind(l.addr).await.map_err(err)?)),
+            t => b.tcp.push((t, TcpListener::bind(l.addr).await.map_err(err)?)),
+        }
+    }
+    Ok(b)
+}
+
+enum Inbound {
+    Datagram(Vec<u8>, Dest),
+    Frame(Frame, Dest),
+    Opened { id: u64, transport: SipTransport, peer: SocketAddr, writer: mpsc::Sender<Vec<u8>> },
+    Failed { id: u64, transport: SipTransport, peer: SocketAddr },
+    Closed(u64),
+}
+
+struct Conn {
+    transport: SipTransport,
+    peer: SocketAddr,
+    writer: mpsc::Sender<Vec<u8>>,
+}
+
+struct Transports {
+    udp: Vec<Arc<UdpSocket>>,
+    conns: HashMap<u64, Conn>,
+    by_peer: HashMap<(SipTransport, SocketAddr), u64>,
+    next_id: u64,
+    inbound: mpsc::Sender<Inbound>,
+    tls_client: Arc<rustls::ClientConfig>,
+}
+
+/// Runs the B2BUA until `stop` turns true.
+pub async fn run(bound: Bound, cfg: Arc<SipConfig>, metrics: SipMetrics, mut stop: watch::Receiver<bool>) {
+    let (tx, mut rx) = mpsc::channel::<Inbound>(8192);
+    let tls_client = match client_config(&UpstreamTls::default()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("SIP: TLS client configuration: {e}");
+            return;
+        }
+    };
+    let mut tasks = Vec::new();
+    for sock in &bound.udp {
+        tasks.push(tokio::spawn(udp_reader(sock.clone(), tx.clone())));
+    }
+    let first_id = Arc::new(std::sync::atomic::AtomicU64::new(1 << 40));
+    for (transport, l) in bound.tcp {
+        let acceptor = bound.acceptor.as_ref().map(|a| a.acceptor());
+        tasks.push(tokio::spawn(accept_loop(l, transport, acceptor, tx.clone(), first_id.clone())));
+    }
+    let mut t = Transports {
+        udp: bound.udp,
+        conns: HashMap::new(),
+        by_peer: HashMap::new(),
+        next_id: 1,
+        inbound: tx.clone(),
+        tls_client,
+    };
+    let mut engine = Engine::new(cfg.clone(), metrics, EngineOptions::random(), Now::system());
+    tracing::info!(
+        listen = %cfg.listen.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", "),
+        extensions = cfg.extensions.len(),
+        trunks = cfg.trunks.len(),
+        "SIP B2BUA running"
+    );
+    loop {
+        t.flush(&mut engine);
+        let deadline = engine.next_deadline();
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            msg = rx.recv() => {
+                let Some(msg) = msg else { break };
+                t.handle(&mut engine, msg);
+                // Drain what is already queued before flushing, bounded to stay responsive.
+                for _ in 0..64 {
+                    match rx.try_recv() {
+                        Ok(m) => t.handle(&mut engine, m),
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = sleep => engine.on_timer(Now::system()),
+            _ = stop.changed() => break,
+        }
+    }
+    for task in tasks {
+        task.abort();
+    }
+    tracing::info!(calls = engine.calls(), "SIP B2BUA stopped");
+}
+
+impl Transports {
+    fn handle(&mut self, engine: &mut Engine, msg: Inbound) {
+        match msg {
+            Inbound::Datagram(data, src) => engine.on_datagram(&data, src, Now::system()),
+            Inbound::Frame(frame, src) => engine.on_frame(frame, src, Now::system()),
+            Inbound::Opened { id, transport, peer, writer } => {
+                self.by_peer.insert((transport, peer), id);
+                self.conns.insert(id, Conn { transport, peer, writer });
+            }
+            Inbound::Failed { id, transport, peer } => {
+                self.forget(id);
+                engine.on_transport_error(transport, peer, Now::system());
+            }
+            Inbound::Closed(id) => self.forget(id),
+        }
+    }
+
+    fn forget(&mut self, id: u64) {
+        if let Some(c) = self.conns.remove(&id) {
+            if self.by_peer.get(&(c.transport, c.peer)) == Some(&id) {
+                self.by_peer.remove(&(c.transport, c.peer));
+            }
+        }
+    }
+
+    fn flush(&mut self, engine: &mut Engine) {
+        for Outgoing { dest, msg } in engine.take_output() {
+            let bytes = msg.to_bytes();
+            match dest.transport {
+                SipTransport::Udp => self.send_udp(dest.addr, &bytes),
+                t => self.send_stream(t, dest, bytes),
+            }
+        }
+    }
+
+    fn send_udp(&self, to: SocketAddr, bytes: &[u8]) {
+        let sock = self
+            .udp
+            .iter()
+            .find(|s| s.local_addr().is_ok_and(|l| l.is_ipv4() == to.is_ipv4()))
+            .or(self.udp.first());
+        match sock {
+            // Never blocks the engine: a full socket buffer is packet loss, which SIP over
+            // UDP recovers from by retransmission.
+            Some(s) => {
+                if let Err(e) = s.try_send_to(bytes, to) {
+                    tracing::debug!(%to, "SIP: UDP send failed: {e}");
+                }
+            }
+            None => tracing::warn!(%to, "SIP: no UDP listener to send from"),
+        }
+    }
+
+    fn send_stream(&mut self, transport: SipTransport, dest: Dest, bytes: Vec<u8>) {
+        let id = dest
+            .conn
+            .filter(|id| self.conns.contains_key(id))
+            .or_else(|| self.by_peer.get(&(transport, dest.addr)).copied());
+        if let Some(c) = id.and_then(|id| self.conns.get(&id)) {
+            if c.writer.try_send(bytes).is_err() {
+                tracing::debug!(to = %dest.addr, "SIP: connection queue full or closed, message dropped");
+            }
+            return;
+        }
+        // No connection: open one; the message waits in its queue meanwhile.
+        let id = self.next_id;
+        self.next_id += 1;
+        let (w, r) = mpsc::channel(CONN_QUEUE);
+        let _ = w.try_send(bytes);
+        self.conns.insert(id, Conn { transport, peer: dest.addr, writer: w.clone() });
+        self.by_peer.insert((transport, dest.addr), id);
+        let inbound = self.inbound.clone();
+        let tls = self.tls_client.clone();
+        tokio::spawn(async move {
+            let peer = dest.addr;
+            let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::info!(%peer, "SIP: cannot connect: {e}");
+                    let _ = inbound.send(Inbound::Failed { id, transport, peer }).await;
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%peer, "SIP: connect timed out");
+                    let _ = inbound.send(Inbound::Failed { id, transport, peer }).await;
+                    return;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            if transport == SipTransport::Tls {
+                let name = rustls::pki_types::ServerName::IpAddress(peer.ip().into());
+                let connector = tokio_rustls::TlsConnector::from(tls);
+                match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp)).await {
+                    Ok(Ok(s)) => serve_conn(s, id, transport, peer, w, r, inbound).await,
+                    _ => {
+                        tracing::info!(%peer, "SIP: TLS handshake failed");
+                        let _ = inbound.send(Inbound::Failed { id, transport, peer }).await;
+                    }
+                }
+            } else {
+                serve_conn(tcp, id, transport, peer, w, r, inbound).await;
+            }
+        });
+    }
+}
+
+async fn udp_reader(sock: Arc<UdpSocket>, tx: mpsc::Sender<Inbound>) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        match sock.recv_from(&mut buf).await {
+            Ok((n, from)) => {
+                let src = Dest { transport: SipTransport::Udp, addr: from, conn: None };
+                if tx.send(Inbound::Datagram(buf[..n].to_vec(), src)).await.is_err() {
+                    return;
+                }
+            }
+            // ICMP errors surface here on Linux; they concern one peer, not the socket.
+            Err(e) => tracing::debug!("SIP: UDP receive: {e}"),
+        }
+    }
+}
+
+async fn accept_loop(
+    l: TcpListener,
+    transport: SipTransport,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    tx: mpsc::Sender<Inbound>,
+    ids: Arc<std::sync::atomic::AtomicU64>,
+) {
+    loop {
+        let (s, peer) = match l.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("SIP: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = s.set_nodelay(true);
+        let id = ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (w, r) = mpsc::channel(CONN_QUEUE);
+        let tx = tx.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            if tx.send(Inbound::Opened { id, transport, peer, writer: w.clone() }).await.is_err() {
+                return;
+            }
+            match (transport, acceptor) {
+                (SipTransport::Tls, Some(a)) => {
+                    match tokio::time::timeout(CONNECT_TIMEOUT, a.accept(s)).await {
+                        Ok(Ok(s)) => serve_conn(s, id, transport, peer, w, r, tx).await,
+                        _ => {
+                            tracing::info!(%peer, "SIP: TLS handshake from a client failed");
+                            let _ = tx.send(Inbound::Closed(id)).await;
+                        }
+                    }
+                }
+                _ => serve_conn(s, id, transport, peer, w, r, tx).await,
+            }
+        });
+    }
+}
+
+/// Reads frames from a connection and writes what its queue holds, until either side ends.
+async fn serve_conn<S>(
+    stream: S,
+    id: u64,
+    transport: SipTransport,
+    peer: SocketAddr,
+    writer: mpsc::Sender<Vec<u8>>,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+    tx: mpsc::Sender<Inbound>,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let write = tokio::spawn(async move {
+        while let Some(b) = queue.recv().await {
+            if wr.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let mut framer = StreamFramer::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let src = Dest { transport, addr: peer, conn: Some(id) };
+    'read: loop {
+        let n = match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        framer.push(&buf[..n]);
+        loop {
+            match framer.next_frame() {
+                Ok(Some(Frame::Ping)) => {
+                    // RFC 5626 keep-alive: CRLFCRLF is answered with CRLF.
+                    let _ = writer.try_send(b"\r\n".to_vec());
+                }
+                Ok(Some(Frame::Pong)) => {}
+                Ok(Some(f)) => {
+                    if tx.send(Inbound::Frame(f, src)).await.is_err() {
+                        break 'read;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::info!(%peer, "SIP: closing connection: {e}");
+                    break 'read;
+                }
+            }
+        }
+    }
+    drop(writer);
+    write.abort();
+    let _ = tx.send(Inbound::Closed(id)).await;
+}
