@@ -107,11 +107,19 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     }
     let mut tasks = Vec::new();
     tasks.extend(crate::health::driver::spawn_all(&state, stop_rx.clone()));
-    let admin = Arc::new(Admin { metrics: metrics.clone(), state: state.clone() });
+    let sip_status = Arc::new(std::sync::Mutex::new(String::new()));
+    let admin =
+        Arc::new(Admin { metrics: metrics.clone(), state: state.clone(), sip_status: sip_status.clone() });
     tasks.push(tokio::spawn(admin::serve(admin_listener, admin, stop_rx.clone())));
     tasks.push(tokio::spawn(purge_sticky(state.clone(), stop_rx.clone())));
     if let Some((bound, sip_cfg)) = sip {
-        tasks.push(tokio::spawn(crate::sip::service::run(bound, sip_cfg, metrics.sip(), stop_rx.clone())));
+        tasks.push(tokio::spawn(crate::sip::service::run(
+            bound,
+            sip_cfg,
+            metrics.sip(),
+            sip_status,
+            stop_rx.clone(),
+        )));
     }
 
     let mut sighup = signal(SignalKind::hangup()).map_err(RuntimeError::Signal)?;

@@ -89,7 +89,13 @@ struct Transports {
 }
 
 /// Runs the B2BUA until `stop` turns true.
-pub async fn run(bound: Bound, cfg: Arc<SipConfig>, metrics: SipMetrics, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    bound: Bound,
+    cfg: Arc<SipConfig>,
+    metrics: SipMetrics,
+    status: Arc<std::sync::Mutex<String>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let (tx, mut rx) = mpsc::channel::<Inbound>(8192);
     let tls_client = match client_config(&UpstreamTls::default()) {
         Ok(c) => c,
@@ -122,6 +128,7 @@ pub async fn run(bound: Bound, cfg: Arc<SipConfig>, metrics: SipMetrics, mut sto
         trunks = cfg.trunks.len(),
         "SIP B2BUA running"
     );
+    let mut publish = tokio::time::interval(Duration::from_secs(1));
     loop {
         t.flush(&mut engine);
         let deadline = engine.next_deadline();
@@ -144,6 +151,12 @@ pub async fn run(bound: Bound, cfg: Arc<SipConfig>, metrics: SipMetrics, mut sto
                 }
             }
             _ = sleep => engine.on_timer(Now::system()),
+            _ = publish.tick() => {
+                let text = engine.status_text(Now::system());
+                if let Ok(mut s) = status.lock() {
+                    *s = text;
+                }
+            }
             _ = stop.changed() => break,
         }
     }

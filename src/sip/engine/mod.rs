@@ -210,6 +210,31 @@ impl Engine {
         }
     }
 
+    /// The B2BUA's state for /status: registrations, trunks, calls.
+    pub fn status_text(&self, now: Now) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(s, "sip domain {}", self.cfg.domain);
+        for ext in self.cfg.extensions.keys() {
+            let c = self.reg.contacts(ext, now.mono);
+            let where_: Vec<String> =
+                c.iter().map(|b| format!("{:?}:{}", b.dest.transport, b.dest.addr)).collect();
+            let _ = writeln!(s, "  extension {ext:<8} contacts={} {}", c.len(), where_.join(" "));
+        }
+        for (name, kind, reg, up) in self.trunk_states() {
+            let reg = if kind == "register" { format!(" registration={reg}") } else { String::new() };
+            let _ = writeln!(s, "  trunk {name:<12} {kind:<8} {}{reg}", if up { "UP" } else { "DOWN" });
+        }
+        let _ = writeln!(
+            s,
+            "  calls {} (answered {}), transactions {}",
+            self.calls.len(),
+            self.calls.values().filter(|c| c.answered.is_some()).count(),
+            self.tx.len()
+        );
+        s
+    }
+
     /// Number of live calls (answered or ringing).
     pub fn calls(&self) -> usize {
         self.calls.len()

@@ -102,6 +102,11 @@ impl H {
         self.e.take_output()
     }
 
+    fn feed_bytes(&mut self, from: Dest, data: &[u8]) -> Vec<Outgoing> {
+        self.e.on_datagram(data, from, self.now);
+        self.e.take_output()
+    }
+
     fn branch(&mut self) -> String {
         self.n += 1;
         format!("z9hG4bKtest{}", self.n)
@@ -671,4 +676,55 @@ fn refer_from_voicemail_transfers_the_caller_with_third_party_sdp() {
         find(&out, |m| m.method() == Some("ACK") && m.call_id().unwrap() == inv.msg.call_id().unwrap())
             .expect("ACK target");
     assert_eq!(ack_b.msg.body(), alice_answer.as_bytes());
+}
+
+mod robustness {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn samples() -> Vec<String> {
+        let at = addr("198.18.0.11:5060");
+        vec![
+            request("REGISTER", "sip:pbx.example.test", at, "2001", "<sip:2001@pbx.example.test>", "r", 1, "z9hG4bKa", "", ""),
+            request("INVITE", "sip:2002@pbx.example.test", at, "2001", "<sip:2002@pbx.example.test>", "i", 1, "z9hG4bKb", "Proxy-Authorization: Digest username=\"2001\", realm=\"pbx.example.test\", nonce=\"x\", uri=\"sip:2002@pbx.example.test\", response=\"0\", qop=auth, nc=00000001, cnonce=\"c\"\r\n", SDP),
+            request("BYE", "sip:2002@pbx.example.test", at, "2001", "<sip:2002@pbx.example.test>;tag=z", "i", 2, "z9hG4bKc", "", ""),
+            request("NOTIFY", "sip:2001@pbx.example.test", at, "2001", "<sip:2001@pbx.example.test>", "n", 1, "z9hG4bKd", "Event: message-summary\r\n", "Messages-Waiting: yes\r\n"),
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 198.18.1.1:5060;branch=z9hG4bK-pt-0\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: q\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n".to_string(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Arbitrary bytes never panic the engine; whatever it answers is well-formed.
+        #[test]
+        fn arbitrary_datagrams_are_refused_cleanly(data in proptest::collection::vec(any::<u8>(), 0..1500)) {
+            let mut h = H::new();
+            let out = h.feed_bytes(udp("198.18.0.99:5060"), &data);
+            for o in out {
+                prop_assert!(crate::sip::parse_datagram(&o.msg.to_bytes()).is_ok());
+            }
+        }
+
+        /// Valid messages with bytes overwritten, fed after a registration, never panic and
+        /// never produce an unparsable message.
+        #[test]
+        fn mutated_messages_are_refused_cleanly(
+            which in 0usize..5,
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        ) {
+            let mut h = H::new();
+            register(&mut h, "2002", "s3cret-2002", "198.18.0.12:5060");
+            let mut bytes = samples()[which].clone().into_bytes();
+            for (i, b) in edits {
+                let at = i.index(bytes.len());
+                bytes[at] = b;
+            }
+            let out = h.feed_bytes(udp("198.18.0.11:5060"), &bytes);
+            let out2 = h.tick(Duration::from_secs(40));
+            for o in out.into_iter().chain(out2) {
+                prop_assert!(crate::sip::parse_datagram(&o.msg.to_bytes()).is_ok(), "{}", text(&o.msg));
+            }
+        }
+    }
 }
