@@ -622,6 +622,16 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&id) else {
             if (200..300).contains(&status) {
                 self.hang_up_orphan(key, &resp, now);
+            } else if status < 200 {
+                // The call ended before this fork said anything: now it may be cancelled
+                // (§9.1), once; later responses find the Orphan purpose.
+                if let Some(c) = self.client.get_mut(key) {
+                    c.purpose = Purpose::Orphan;
+                    let (invite, dest) = (c.request.clone(), c.dest);
+                    if let Some(cancel) = cancel_for(&invite) {
+                        self.send_request(cancel, dest, Purpose::Fire, now);
+                    }
+                }
             }
             return;
         };
@@ -1214,7 +1224,7 @@ impl Engine {
 
     /// A 2xx for a fork whose call is gone: ACK it and say BYE, so no phone keeps a dialog
     /// nobody will end.
-    fn hang_up_orphan(&mut self, key: &Key, resp: &Message, now: Now) {
+    pub(super) fn hang_up_orphan(&mut self, key: &Key, resp: &Message, now: Now) {
         let Some((invite, dest)) = self.client.get(key).map(|c| (c.request.clone(), c.dest)) else { return };
         let Ok(cseq) = invite.cseq() else { return };
         let local = self.local_for(dest.transport, dest.addr);

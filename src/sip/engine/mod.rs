@@ -123,6 +123,8 @@ enum Purpose {
     TrunkPing(usize),
     /// A NOTIFY to a phone (message waiting).
     Notify,
+    /// A fork INVITE whose call is gone and which was cancelled: a 2xx still gets ACK + BYE.
+    Orphan,
     /// Our re-INVITE offering a transfer target's SDP to the caller.
     Reoffer { call: u64 },
 }
@@ -534,6 +536,11 @@ impl Engine {
             Purpose::TrunkRegister(i) => self.on_trunk_register_response(i, &key, resp, now),
             Purpose::TrunkPing(i) => self.on_trunk_ping_response(i, &resp, synthetic),
             Purpose::Reoffer { call } => self.on_reoffer_response(call, resp, now),
+            Purpose::Orphan => {
+                if (200..300).contains(&resp.status().unwrap_or(0)) {
+                    self.hang_up_orphan(&key, &resp, now);
+                }
+            }
             Purpose::Fire | Purpose::Notify => {}
         }
     }

@@ -678,6 +678,78 @@ fn refer_from_voicemail_transfers_the_caller_with_third_party_sdp() {
     assert_eq!(ack_b.msg.body(), alice_answer.as_bytes());
 }
 
+#[test]
+fn a_subscribed_phone_gets_the_initial_state_and_updates() {
+    let mut h = H::new();
+    let at = addr("198.18.0.11:5060");
+    let sub = |h: &mut H, cseq: u32, extra: &str| {
+        let b = h.branch();
+        let to = "<sip:2001@pbx.example.test>";
+        let extra = format!("Event: message-summary\r\nExpires: 600\r\n{extra}");
+        h.feed(
+            udp("198.18.0.11:5060"),
+            &request("SUBSCRIBE", "sip:2001@pbx.example.test", at, "2001", to, "sub1", cseq, &b, &extra, ""),
+        )
+    };
+    let out = sub(&mut h, 1, "");
+    let c = status(&out, 407).expect("SUBSCRIBE is authenticated");
+    let auth = creds(
+        &c.msg,
+        "Proxy-Authenticate",
+        "SUBSCRIBE",
+        "sip:2001@pbx.example.test",
+        "2001",
+        "s3cret-2001",
+        1,
+    );
+    let out = sub(&mut h, 2, &format!("Proxy-Authorization: {auth}\r\n"));
+    assert!(status(&out, 200).is_some());
+    let n = method(&out, "NOTIFY").expect("initial NOTIFY");
+    assert_eq!(n.msg.call_id().unwrap(), "sub1", "in the subscription's dialog");
+    assert!(text(&n.msg).contains("Messages-Waiting: no"), "{}", text(&n.msg));
+    let body = "Messages-Waiting: yes\r\nMessage-Account: sip:52001@pbx.example.test\r\n";
+    let um = Dest { transport: SipTransport::Tcp, addr: addr("198.18.2.20:40000"), conn: Some(1) };
+    let notify = format!(
+        "NOTIFY sip:52001@198.18.1.1 SIP/2.0\r\nVia: SIP/2.0/TCP 198.18.2.20:40000;branch=z9hG4bKm9\r\nMax-Forwards: 70\r\n\
+         From: <sip:um@um>;tag=u1\r\nTo: <sip:52001@pbx>\r\nCall-ID: mwi9\r\nCSeq: 1 NOTIFY\r\n\
+         Event: message-summary\r\nContent-Type: application/simple-message-summary\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let out = h.feed(um, &notify);
+    let update = find(&out, |m| m.method() == Some("NOTIFY") && m.call_id().unwrap() == "sub1")
+        .expect("update NOTIFY");
+    assert_eq!(update.msg.body(), body.as_bytes());
+    assert!(h.metric("portier_sip_mwi_delivered").contains(" 2"), "{}", h.metric("portier_sip_mwi"));
+}
+
+#[test]
+fn credentials_with_an_algorithm_not_offered_are_refused() {
+    let cfg = CONFIG
+        .replace("nonce_lifetime = \"60s\"", "nonce_lifetime = \"60s\"\ndigest_algorithms = [\"SHA-256\"]");
+    let cfg = crate::config::parse(&cfg, Path::new("t.toml")).unwrap().sip.unwrap();
+    let metrics = Metrics::new();
+    let opts = EngineOptions {
+        timers: Timers::default(),
+        digest_key: [7; 32],
+        register_backoff: Duration::from_secs(5),
+    };
+    let now = Now { mono: Instant::now(), unix: 1_000_000 };
+    let mut h = H { e: Engine::new(Arc::new(cfg), metrics.sip(), opts, now), now, metrics, n: 0 };
+    let out = register_2002(&mut h, 1, "");
+    let c = status(&out, 401).unwrap();
+    assert_eq!(c.msg.count("WWW-Authenticate"), 1);
+    let ch = c.msg.get("WWW-Authenticate").unwrap().value_text("x").unwrap().into_owned();
+    assert!(ch.contains("algorithm=SHA-256"), "{ch}");
+    let ok =
+        digest::respond(&ch, "REGISTER", "sip:pbx.example.test", "2002", "s3cret-2002", "c1", 1).unwrap();
+    assert!(status(&register_2002(&mut h, 2, &ok), 200).is_some(), "SHA-256 accepted");
+    let md5 = ch.replace("algorithm=SHA-256", "algorithm=MD5");
+    let bad =
+        digest::respond(&md5, "REGISTER", "sip:pbx.example.test", "2002", "s3cret-2002", "c2", 1).unwrap();
+    let out = register_2002(&mut h, 3, &bad);
+    assert!(status(&out, 401).is_some() && status(&out, 200).is_none(), "MD5 not offered, refused");
+}
+
 mod robustness {
     use super::*;
     use proptest::prelude::*;
