@@ -12,6 +12,8 @@ PACKAGES=(
   nghttp2-client             # h2load, an HTTP/2 client for the L7 lab tests
   openssl                    # s_client holds a TLS connection across a certificate reload
   ca-certificates
+  sip-tester                 # sipp: phones, the ISP and the Exchange UM emulator in the SIP lab tests
+  baresip-core               # baresip: a real softphone in the SIP lab tests
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -35,6 +37,6 @@ for m in nft_tproxy nft_socket nf_tproxy_ipv4 nf_tproxy_ipv6 veth bridge; do
   modprobe -q "$m" 2>/dev/null || true
 done
 
-for tool in nft ip curl promtool nginx h2load openssl cargo; do
+for tool in nft ip curl promtool nginx h2load openssl sipp baresip cargo; do
   command -v "$tool" >/dev/null || { echo "scripts/deps.sh: $tool not found after install" >&2; exit 1; }
 done

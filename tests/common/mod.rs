@@ -3,6 +3,7 @@
 
 pub mod httpd;
 pub mod nginx;
+pub mod sip;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};

@@ -997,6 +997,9 @@ impl Engine {
             self.reply(&key, &req, 481, "Call/Transaction Does Not Exist", None, now);
             return;
         };
+        // A later request in the dialog proves our 2xx arrived even if its ACK was lost.
+        let cseq = req.cseq().map(|c| c.seq).unwrap_or(0);
+        self.ok_retx.retain(|(c, n), _| c != &call_id || *n >= cseq);
         let Some(call) = self.calls.get_mut(&id) else { return };
         // A target refresh moves where this side is reached.
         if method == "INVITE" || method == "UPDATE" {
@@ -1304,8 +1307,8 @@ impl Engine {
             caller = %call.caller,
             callee = %call.callee,
             route = %call.route,
-            trunk = call.trunk.as_deref().unwrap_or("-"),
-            outcome,
+            trunk = %call.trunk.as_deref().unwrap_or("-"),
+            %outcome,
             setup_ms,
             talk_ms,
             "sip call"

@@ -420,7 +420,7 @@ fn ring_time_cancels_and_forwards_and_caller_cancel_reaches_the_callee() {
 #[test]
 fn unauthenticated_invite_to_an_outside_number_is_challenged_never_relayed() {
     let mut h = H::new();
-    let mut intruder = |h: &mut H, cseq: u32, extra: &str| {
+    let intruder = |h: &mut H, cseq: u32, extra: &str| {
         let b = h.branch();
         let (ruri, to) = ("sip:00112345678@pbx.example.test", "<sip:00112345678@pbx.example.test>");
         let text = request("INVITE", ruri, addr("198.18.0.99:5060"), "evil", to, "x", cseq, &b, extra, SDP);
