@@ -1063,3 +1063,93 @@ impl Drop for Baresip {
         self.stop();
     }
 }
+
+/// A TLS phone: 2002 registers over TLS from a Rust client (digest computed here), gets its
+/// CRLF keep-alive answered, and the INVITE for it arrives on that same TLS connection when
+/// 2001 (sipp over UDP) calls; its 486 reaches the caller and portier ACKs it over TLS too.
+#[test]
+fn tls_phone_registers_and_is_called_on_its_own_connection() {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+
+    let certs = common::nginx::Certs::generate();
+    let tls_listen = format!(
+        "\"tcp:{PBX}:5060\", \"tls:{PBX}:5061\"]\ntls = {{ cert = \"{}\", key = \"{}\" }}",
+        certs.path("mail.pem").display(),
+        certs.path("mail.key").display()
+    );
+    let cfg = pbx_config("", &[ALICE, BOB], "", &[("2XXX", "extension", 0)])
+        .replace(&format!("\"tcp:{PBX}:5060\"]"), &tls_listen);
+    let t = SipTest::start(&cfg);
+    t.wait_bound(&t.lab.pbx, "t", PBX, 5061);
+
+    let tcp = t
+        .lab
+        .phones
+        .run(|| {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            s.bind(&std::net::SocketAddr::new(PHONE2.parse().unwrap(), 0).into())?;
+            s.connect_timeout(&std::net::SocketAddr::new(PBX.parse().unwrap(), 5061).into(), S(3))?;
+            Ok::<std::net::TcpStream, std::io::Error>(s.into())
+        })
+        .unwrap()
+        .unwrap_or_else(|e| t.fail(&format!("TCP connect to the TLS listener: {e}")));
+    tcp.set_read_timeout(Some(S(10))).unwrap();
+    let local = tcp.local_addr().unwrap();
+    let config = portier::proxy::tls::client_config(&Default::default()).unwrap();
+    let server = rustls::pki_types::ServerName::IpAddress(PBX.parse::<std::net::IpAddr>().unwrap().into());
+    let conn = rustls::ClientConnection::new(Arc::clone(&config), server).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut framer = portier::sip::StreamFramer::new();
+    let mut next = |tls: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>| loop {
+        if let Ok(Some(f)) = framer.next_frame() {
+            return f;
+        }
+        let mut buf = [0u8; 4096];
+        let n =
+            tls.read(&mut buf).unwrap_or_else(|e| t.fail(&format!("reading from the TLS connection: {e}")));
+        t.check(n > 0, "portier closed the TLS connection");
+        framer.push(&buf[..n]);
+    };
+    let expect_msg = |f: portier::sip::Frame| match f {
+        portier::sip::Frame::Message(m) => m,
+        other => t.fail(&format!("expected a SIP message, got {other:?}")),
+    };
+
+    let register = |cseq: u32, auth: &str| {
+        format!(
+            "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TLS {local};branch=z9hG4bKtls{cseq}\r\nMax-Forwards: 70\r\n\
+             From: <sip:2002@{DOMAIN}>;tag=tlsphone\r\nTo: <sip:2002@{DOMAIN}>\r\nCall-ID: tls-reg@{PHONE2}\r\n\
+             CSeq: {cseq} REGISTER\r\nContact: <sip:2002@{local};transport=tls>\r\nExpires: 600\r\n{auth}Content-Length: 0\r\n\r\n"
+        )
+    };
+    tls.write_all(register(1, "").as_bytes()).unwrap();
+    let challenge = expect_msg(next(&mut tls));
+    t.check(challenge.status() == Some(401), &format!("401 over TLS, got {:?}", challenge.status()));
+    let www = challenge.get("WWW-Authenticate").unwrap().value_text("x").unwrap().into_owned();
+    let auth = respond(&www, "REGISTER", &format!("sip:{DOMAIN}"), "2002", "s3cret-2002", "tlsc", 1).unwrap();
+    tls.write_all(register(2, &format!("Authorization: {auth}\r\n")).as_bytes()).unwrap();
+    let ok = expect_msg(next(&mut tls));
+    t.check(ok.status() == Some(200), &format!("200 for the TLS REGISTER, got {:?}", ok.status()));
+
+    // RFC 5626 keep-alive: CRLFCRLF is answered with CRLF.
+    tls.write_all(b"\r\n\r\n").unwrap();
+    t.check(matches!(next(&mut tls), portier::sip::Frame::Pong), "CRLF keep-alive answered");
+
+    // 2001 calls 2002: the INVITE comes down this connection; 2002 is busy.
+    let mut caller = t.phone_call("call_busy.xml", "2001", "s3cret-2001", PHONE1, 5070, "2002", 1, S(15));
+    let invite = expect_msg(next(&mut tls));
+    t.check(invite.method() == Some("INVITE"), &format!("INVITE over TLS, got {:?}", invite.start_line()));
+    let via = invite.top_via().unwrap();
+    t.check(via.transport == "TLS", &format!("portier's Via names TLS: {via:?}"));
+    let busy = portier::sip::ReplyContext::from_message(&invite)
+        .unwrap()
+        .response(486, "Busy Here", Some("b2002"))
+        .unwrap();
+    tls.write_all(&busy.to_bytes()).unwrap();
+    let ack = expect_msg(next(&mut tls));
+    t.check(ack.method() == Some("ACK"), &format!("ACK for the 486 over TLS, got {:?}", ack.start_line()));
+    let code = caller.wait();
+    t.check(code == 0, &format!("caller sipp (expects 486) exited {code}"));
+    t.wait_metric("portier_sip_calls_total", &[&calls("busy")], 1.0, S(3));
+}

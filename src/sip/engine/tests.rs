@@ -194,6 +194,9 @@ fn register(h: &mut H, user: &str, pw: &str, at: &str) {
     );
     let c = status(&out, 401).expect("401 challenge");
     assert_eq!(c.msg.count("WWW-Authenticate"), 2, "SHA-256 and MD5 challenges");
+    let via = c.msg.top_via().unwrap();
+    assert_eq!(via.rport(), Some(Some(from.port())), "RFC 3581 rport filled in");
+    assert_eq!(via.received(), Some(from.ip().to_string().as_str()), "received filled in");
     let auth = creds(&c.msg, "WWW-Authenticate", "REGISTER", "sip:pbx.example.test", user, pw, 1);
     let b = h.branch();
     let out = h.feed(
