@@ -36,6 +36,39 @@ fn plain(log: &str) -> String {
     out
 }
 
+/// sipp arguments for 2001 (at `phone`:5070, with its credentials) calling 2002 through
+/// `target` with scenario `sc`, then `extra`.
+fn alice_calls_bob(sc: &str, target: &str, phone: &str, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "-sf",
+        &scenario(sc),
+        target,
+        "-i",
+        phone,
+        "-p",
+        "5070",
+        "-s",
+        "2001",
+        "-au",
+        "2001",
+        "-ap",
+        "s3cret-2001",
+        "-auth_uri",
+        "2002@pbx.example.test",
+        "-set",
+        "domain",
+        DOMAIN,
+        "-set",
+        "callee",
+        "2002",
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
+    a.extend(extra.iter().map(|x| x.to_string()));
+    a
+}
+
 /// The basic office: 2001 and 2002 dialling each other.
 fn office(sip_extra: &str, extensions: &[&str]) -> SipTest {
     SipTest::start(&pbx_config(sip_extra, extensions, "", &[("2XXX", "extension", 0)]))
@@ -146,38 +179,8 @@ fn sipp_scenarios_agree_with_each_other() {
             ],
         );
         wait_bound(fake_pbx, "5060", "u");
-        let c = run(
-            sc,
-            &[
-                "-sf",
-                &scenario(sc),
-                &target,
-                "-i",
-                phone,
-                "-p",
-                "5070",
-                "-s",
-                "2001",
-                "-au",
-                "2001",
-                "-ap",
-                "s3cret-2001",
-                "-auth_uri",
-                "2002@pbx.example.test",
-                "-set",
-                "domain",
-                DOMAIN,
-                "-set",
-                "callee",
-                "2002",
-                "-m",
-                "2",
-                "-l",
-                "1",
-                "-d",
-                "100",
-            ],
-        );
+        let args = alice_calls_bob(sc, &target, phone, &["-m", "2", "-l", "1", "-d", "100"]);
+        let c = run(sc, &args.iter().map(String::as_str).collect::<Vec<_>>());
         finish(c, sc);
         finish(pbx, &format!("fake-pbx-{mode}"));
     }
@@ -925,42 +928,14 @@ fn calls_complete_with_ten_percent_udp_loss() {
     let _ = std::fs::remove_file(&path);
     let mut callee = t.phone_uas("uas.xml", "2002", PHONE2, 5070, 20, S(90));
     let target = format!("{PBX}:5060");
+    // Talk for 1.2 s: a 200 re-sent because the ACK was lost (after 0.5 s) then arrives while
+    // sipp still knows it as its last message and ACKs it again.
+    let args =
+        alice_calls_bob("call.xml", &target, PHONE1, &["-m", "20", "-l", "5", "-r", "20", "-d", "1200"]);
     let mut caller = t.sipp(
         &t.lab.phones,
         "20-calls-with-loss",
-        &[
-            "-sf",
-            &scenario("call.xml"),
-            &target,
-            "-i",
-            PHONE1,
-            "-p",
-            "5070",
-            "-s",
-            "2001",
-            "-au",
-            "2001",
-            "-ap",
-            "s3cret-2001",
-            "-auth_uri",
-            "2002@pbx.example.test",
-            "-set",
-            "domain",
-            DOMAIN,
-            "-set",
-            "callee",
-            "2002",
-            "-m",
-            "20",
-            "-l",
-            "5",
-            "-r",
-            "20",
-            // Talk for 1.2 s: a 200 re-sent because the ACK was lost (after 0.5 s) then
-            // arrives while sipp still knows it as its last message and ACKs it again.
-            "-d",
-            "1200",
-        ],
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
         S(90),
     );
     let (c, e) = (caller.wait(), callee.wait());
