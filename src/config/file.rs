@@ -27,6 +27,7 @@ pub struct FileConfig {
 pub struct GlobalFile {
     pub drain_timeout: Option<Spanned<String>>,
     pub log_level: Option<Spanned<String>>,
+    pub threads: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -23,6 +23,8 @@ pub struct GlobalConfig {
     pub drain_timeout: Duration,
     /// Default tracing filter, overridden by RUST_LOG.
     pub log_level: String,
+    /// Worker threads; None: `TOKIO_WORKER_THREADS`, else one per CPU.
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

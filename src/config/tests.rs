@@ -367,3 +367,13 @@ fn l7_misconfigurations_are_named() {
     );
     assert!(e.contains("re-encrypts"), "{e}");
 }
+
+#[test]
+fn global_threads_are_checked() {
+    let base = format!("{POOL}[services.s]\nvip = \"198.19.0.10\"\nports = [80]\npool = \"p\"\n");
+    assert_eq!(parse_str(&base).unwrap().global.threads, None);
+    let one = parse_str(&format!("[global]\nthreads = 1\n{base}")).unwrap();
+    assert_eq!(one.global.threads, Some(1));
+    let e = fails(&format!("[global]\nthreads = 0\n{base}"));
+    assert!(e.contains("test.toml:2:") && e.contains("global.threads") && e.contains("between 1 and 256"), "{e}");
+}

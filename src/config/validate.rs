@@ -122,7 +122,7 @@ pub fn validate(file: &FileConfig, path: &Path, src: &str) -> Result<Config, Con
 
     // [global]
     let global = match &file.global {
-        None => GlobalConfig { drain_timeout: DEFAULT_DRAIN_TIMEOUT, log_level: "info".into() },
+        None => GlobalConfig { drain_timeout: DEFAULT_DRAIN_TIMEOUT, log_level: "info".into(), threads: None },
         Some(g) => {
             let drain_timeout = c.duration(&g.drain_timeout, "global.drain_timeout", DEFAULT_DRAIN_TIMEOUT);
             let log_level = match &g.log_level {
@@ -135,7 +135,14 @@ pub fn validate(file: &FileConfig, path: &Path, src: &str) -> Result<Config, Con
                     v
                 }
             };
-            GlobalConfig { drain_timeout, log_level }
+            let threads = g.threads.as_ref().and_then(|t| match usize::try_from(*t.get_ref()) {
+                Ok(n @ 1..=256) => Some(n),
+                _ => {
+                    c.err(span(t), "global.threads", "must be between 1 and 256");
+                    None
+                }
+            });
+            GlobalConfig { drain_timeout, log_level, threads }
         }
     };
 
