@@ -771,33 +771,7 @@ fn inbound_trunk_call_rings_2000_and_is_forwarded_to_um_1900() {
         vec![start_isp(&lab.isp, spawn, 600), start_um(&lab.um, spawn)]
     });
     t.wait_metric("portier_sip_trunk_up", &["trunk=\"exchange-um\""], 1.0, S(5));
-    let target = format!("{PBX}:5060");
-    let mut call = t.sipp(
-        &t.lab.isp,
-        "isp-call-in",
-        &[
-            "-sf",
-            &scenario("isp_call_in.xml"),
-            &target,
-            "-i",
-            ISP,
-            "-p",
-            "5062",
-            "-s",
-            "0612345678",
-            "-set",
-            "domain",
-            "isp.example.test",
-            "-set",
-            "callee",
-            "0999999999",
-            "-m",
-            "1",
-            "-d",
-            "300",
-        ],
-        S(15),
-    );
+    let mut call = t.isp_calls_in();
     let code = call.wait();
     t.check(code == 0, &format!("the inbound call (sipp from {ISP}) exited {code}, want 0"));
     let um = &mut early[1];

@@ -425,33 +425,7 @@ fn isp_inbound_call_is_forwarded_to_1900_through_302() {
     t.wait_metric("portier_sip_trunk_registered", &["trunk=\"isp\""], 1.0, S(5));
     let mut front = start_front(&t, 1);
     let mut worker = start_worker(&t, "any", 1);
-    let target = format!("{PBX}:5060");
-    let mut call = t.sipp(
-        &t.lab.isp,
-        "isp-call-in",
-        &[
-            "-sf",
-            &scenario("isp_call_in.xml"),
-            &target,
-            "-i",
-            ISP,
-            "-p",
-            "5062",
-            "-s",
-            "0612345678",
-            "-set",
-            "domain",
-            "isp.example.test",
-            "-set",
-            "callee",
-            "0999999999",
-            "-m",
-            "1",
-            "-d",
-            "300",
-        ],
-        S(15),
-    );
+    let mut call = t.isp_calls_in();
     let code = call.wait();
     let w = finish(&t, &mut worker);
     finish(&t, &mut front);

@@ -484,6 +484,38 @@ impl SipTest {
         )
     }
 
+    /// The ISP (sipp at 198.18.3.10:5062, no credentials) calls the trunk's number 0999999999
+    /// once from 0612345678.
+    pub fn isp_calls_in(&self) -> Sipp {
+        let target = format!("{PBX}:5060");
+        self.sipp(
+            &self.lab.isp,
+            "isp-call-in",
+            &[
+                "-sf",
+                &scenario("isp_call_in.xml"),
+                &target,
+                "-i",
+                ISP,
+                "-p",
+                "5062",
+                "-s",
+                "0612345678",
+                "-set",
+                "domain",
+                "isp.example.test",
+                "-set",
+                "callee",
+                "0999999999",
+                "-m",
+                "1",
+                "-d",
+                "300",
+            ],
+            Duration::from_secs(15),
+        )
+    }
+
     /// Waits until something listens on `ip:port` in `ns` (`proto` "u" or "t" for ss).
     pub fn wait_bound(&self, ns: &Netns, proto: &str, ip: &str, port: u16) {
         let t0 = Instant::now();
