@@ -354,6 +354,55 @@ fn extension_to_extension_call_is_two_dialogs_with_sdp_passed_through() {
 }
 
 #[test]
+fn hold_re_invite_and_update_from_the_callee_are_relayed_to_the_caller() {
+    let mut h = H::new();
+    register(&mut h, "2001", "s3cret-2001", "198.18.0.11:5060");
+    register(&mut h, "2003", "s2003", "198.18.0.13:5060");
+    let (forks, _) = call(&mut h, "2003", "hold@phone", SDP);
+    let b = forks[0].msg.clone();
+    let out = h.feed(udp("198.18.0.13:5060"), &answer(&b, 200, "OK", "carol", "198.18.0.13:5060", SDP));
+    let ok = status(&out, 200).unwrap().msg.clone();
+    let a_tag = ok.to().unwrap().tag().unwrap().to_string();
+    // The callee puts the call on hold: a re-INVITE in its dialog with a=sendonly.
+    let hold_sdp = SDP.replace("m=audio 4000 RTP/AVP 0\r\n", "m=audio 4000 RTP/AVP 0\r\na=sendonly\r\n");
+    let b_from = b.get("From").unwrap().value_text("From").unwrap().into_owned();
+    let reinvite = format!(
+        "INVITE sip:2001@198.18.1.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 198.18.0.13:5060;branch=z9hG4bKhold1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:x@198.18.0.13>;tag=carol\r\nTo: {b_from}\r\nCall-ID: {}\r\nCSeq: 7 INVITE\r\n\
+         Contact: <sip:x@198.18.0.13:5060>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{hold_sdp}",
+        b.call_id().unwrap(),
+        hold_sdp.len()
+    );
+    let out = h.feed(udp("198.18.0.13:5060"), &reinvite);
+    let to_a = method(&out, "INVITE").expect("re-INVITE relayed to the caller");
+    assert_eq!(to_a.dest.addr, addr("198.18.0.11:5060"));
+    assert_eq!(to_a.msg.call_id().unwrap(), "hold@phone");
+    assert_eq!(to_a.msg.body(), hold_sdp.as_bytes());
+    assert!(
+        text(&to_a.msg).contains(&format!("From: <sip:2003@pbx.example.test>;tag={a_tag}")),
+        "{}",
+        text(&to_a.msg)
+    );
+    // The caller accepts with a=recvonly: 200 back to the callee, and the caller is ACKed.
+    let held = SDP.replace("m=audio 4000 RTP/AVP 0\r\n", "m=audio 4000 RTP/AVP 0\r\na=recvonly\r\n");
+    let out =
+        h.feed(udp("198.18.0.11:5060"), &answer(&to_a.msg, 200, "OK", "t2001", "198.18.0.11:5060", &held));
+    let ack = method(&out, "ACK").expect("ACK to the caller's 200");
+    assert_eq!(ack.msg.call_id().unwrap(), "hold@phone");
+    let to_b =
+        find(&out, |m| m.status() == Some(200) && m.cseq().unwrap().seq == 7).expect("200 to the callee");
+    assert_eq!(to_b.dest.addr, addr("198.18.0.13:5060"));
+    assert_eq!(to_b.msg.body(), held.as_bytes());
+    // UPDATE goes the same way.
+    let update = reinvite
+        .replace("INVITE sip:2001", "UPDATE sip:2001")
+        .replace("7 INVITE", "8 UPDATE")
+        .replace("hold1", "upd1");
+    let out = h.feed(udp("198.18.0.13:5060"), &update);
+    assert!(method(&out, "UPDATE").is_some_and(|u| u.dest.addr == addr("198.18.0.11:5060")));
+}
+
+#[test]
 fn busy_forwards_and_no_answer_goes_to_voicemail_with_one_diversion() {
     let mut h = H::new();
     register(&mut h, "2001", "s3cret-2001", "198.18.0.11:5060");
