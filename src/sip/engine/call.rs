@@ -380,7 +380,7 @@ impl Engine {
         let domain = self.cfg.domain.clone();
         let Some(call) = self.calls.get_mut(&id) else { return };
         call.ringing_ext = Some(ext.clone());
-        call.route = format!("extension {ext}");
+        call.route = format!("extension:{ext}");
         call.ring_gen += 1;
         let gen = call.ring_gen;
         let from = self.caller_from(id);
@@ -428,7 +428,7 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&id) else { return };
         call.ringing_ext = None;
         call.trunk = Some(name.clone());
-        call.route = format!("trunk {name} {number}");
+        call.route = format!("trunk:{name}:{number}");
         let (caller, name_disp, private, diversion) =
             (call.caller.clone(), call.caller_name.clone(), call.private, call.diversion.clone());
         let asserted = match &name_disp {
