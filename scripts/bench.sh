@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # portier against Debian's HAProxy 2.6, fully transparent, in the namespace lab
 # (benches/compare.rs): L4 throughput, HTTP/HTTPS requests/s and latency, TLS handshakes,
-# memory with idle connections. Prints one table and writes it to docs/PERFORMANCE.md.
+# memory with idle connections; and the SIP rows against Kamailio 5.6 with sipp (calls/s,
+# REGISTER with digest/s). Prints one table and writes it to docs/PERFORMANCE.md.
 # Knobs (environment): BENCH_ROUNDS, BENCH_SECS, BENCH_THREADS, BENCH_HOLD, BENCH_DOC,
-# BENCH_SCENARIOS (see the top of benches/compare.rs). About 10 minutes with the defaults.
+# BENCH_SCENARIOS, BENCH_KEEP and the BENCH_SIP_* ones (see the top of benches/compare.rs and
+# its `sip` module). About 14 minutes with the defaults (the SIP part about 3.5).
+# Only some rows, without touching docs/PERFORMANCE.md:
+#   BENCH_SCENARIOS=sip BENCH_DOC=0 sudo -E ./scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
 
 # The comparison's own tools (not needed by the tests, so not in deps.sh).
 missing=()
-for p in haproxy wrk iperf3 openssl; do
+# sip-tester is Debian's sipp; kamailio runs as the reference of the SIP rows (the package's
+# own service is not needed: the harness starts it in the lab).
+for p in haproxy wrk iperf3 openssl sip-tester kamailio; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
