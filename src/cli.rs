@@ -176,13 +176,18 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
             let c = load(&config)?;
             init_logging(&c.global.log_level);
             let threads = c.global.threads.or_else(|| {
-                std::env::var("TOKIO_WORKER_THREADS").ok().and_then(|v| v.trim().parse().ok()).filter(|&n| n > 0)
+                std::env::var("TOKIO_WORKER_THREADS")
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .filter(|&n| n > 0)
             });
             // One thread: a current-thread runtime, without the work-stealing scheduler's
             // atomics and cross-thread wake-ups (the single-core appliance case).
             let rt = match threads {
                 Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
-                Some(n) => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build()?,
+                Some(n) => {
+                    tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build()?
+                }
                 None => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
             };
             rt.block_on(crate::runtime::run(c))?;

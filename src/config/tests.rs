@@ -375,5 +375,8 @@ fn global_threads_are_checked() {
     let one = parse_str(&format!("[global]\nthreads = 1\n{base}")).unwrap();
     assert_eq!(one.global.threads, Some(1));
     let e = fails(&format!("[global]\nthreads = 0\n{base}"));
-    assert!(e.contains("test.toml:2:") && e.contains("global.threads") && e.contains("between 1 and 256"), "{e}");
+    assert!(
+        e.contains("test.toml:2:") && e.contains("global.threads") && e.contains("between 1 and 256"),
+        "{e}"
+    );
 }

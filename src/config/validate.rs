@@ -122,7 +122,9 @@ pub fn validate(file: &FileConfig, path: &Path, src: &str) -> Result<Config, Con
 
     // [global]
     let global = match &file.global {
-        None => GlobalConfig { drain_timeout: DEFAULT_DRAIN_TIMEOUT, log_level: "info".into(), threads: None },
+        None => {
+            GlobalConfig { drain_timeout: DEFAULT_DRAIN_TIMEOUT, log_level: "info".into(), threads: None }
+        }
         Some(g) => {
             let drain_timeout = c.duration(&g.drain_timeout, "global.drain_timeout", DEFAULT_DRAIN_TIMEOUT);
             let log_level = match &g.log_level {

@@ -19,13 +19,13 @@
 pub mod dialplan;
 pub mod digest;
 pub mod engine;
-pub mod service;
 mod error;
 mod framer;
 mod grammar;
 mod headers;
 mod message;
 mod parse;
+pub mod service;
 pub mod transaction;
 mod uri;
 mod validate;
