@@ -297,7 +297,7 @@ pub async fn handle(
         };
         let sender = match pooled {
             Some(s) => Ok(s),
-            None => connect(&key, tls, svc.config.connect_timeout).await,
+            None => connect(&key, tls, svc.config.connect_timeout, &in_flight.0.driver).await,
         };
         match sender {
             Ok(mut s) => match s.ready().await {

@@ -141,12 +141,14 @@ pub struct ConnState {
     head_started: tokio::sync::Notify,
     /// This client connection's own idle server connections (see `upstream`).
     upstream: UpstreamPool,
+    /// Where new server connections' I/O futures go: this client connection's task.
+    driver: tokio::sync::mpsc::UnboundedSender<upstream::ConnFuture>,
 }
 
 const NO_HEAD: u64 = u64::MAX;
 
 impl ConnState {
-    fn new() -> Self {
+    fn new(driver: tokio::sync::mpsc::UnboundedSender<upstream::ConnFuture>) -> Self {
         // The first head is due from the moment the connection is accepted.
         ConnState {
             epoch: Instant::now(),
@@ -157,6 +159,7 @@ impl ConnState {
             seen_bytes: std::sync::atomic::AtomicBool::new(false),
             head_started: tokio::sync::Notify::new(),
             upstream: UpstreamPool::default(),
+            driver,
         }
     }
     fn now_ms(&self) -> u64 {
@@ -283,7 +286,8 @@ async fn serve<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let state = Arc::new(ConnState::new());
+    let (mut driver, driver_tx) = upstream::Driver::new();
+    let state = Arc::new(ConnState::new(driver_tx));
     let io = Tracked { io, state: state.clone() };
     let (hs2, st2) = (hs.clone(), state.clone());
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -298,8 +302,8 @@ async fn serve<IO>(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(None).max_buf_size(MAX_HEAD.max(8192));
     builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEAD as u32);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(conn);
+    // Boxed (not pinned on the stack) so it can be dropped before the driver is handed off.
+    let mut conn = Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
     let idle = hs.svc.config.idle_timeout;
     let header = hs.svc.config.header_timeout;
     let mut closing = false;
@@ -311,8 +315,10 @@ async fn serve<IO>(
                     hs.metrics.connection_errors.inc();
                     tracing::debug!(service = %hs.svc.config.name, %client, "client connection error: {e}");
                 }
-                return;
+                break;
             }
+            // Server connections' I/O; never ends while this connection's state lives.
+            _ = driver.run() => {}
             end = watchdog(&state, idle, header), if !closing => match end {
                 Watch::Idle => {
                     tracing::debug!(service = %hs.svc.config.name, %client, "keep-alive idle timeout");
@@ -322,7 +328,7 @@ async fn serve<IO>(
                 Watch::HeaderTimeout => {
                     hs.metrics.connection_errors.inc();
                     tracing::debug!(service = %hs.svc.config.name, %client, "request head not complete within {header:?}: closed");
-                    return;
+                    break;
                 }
             },
             // portier stops: an idle keep-alive connection closes now, a busy one once its
@@ -333,6 +339,13 @@ async fn serve<IO>(
                 stopping = true;
             }
         }
+    }
+    // Server connections may still be finishing (an upgrade handing its socket to a tunnel,
+    // an HTTP/2 stream task still streaming): they end once the last state handle is gone.
+    drop(conn);
+    drop(state);
+    if !driver.is_idle() {
+        tokio::spawn(async move { driver.run().await });
     }
 }
 

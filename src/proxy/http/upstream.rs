@@ -111,11 +111,71 @@ impl UpstreamPool {
     }
 }
 
-/// Opens a new HTTP/1.1 connection to `key.server`, within `timeout` for TCP and TLS.
+/// A server connection's I/O future, handed to the task of the client connection that owns
+/// it (see [`Driver`]).
+pub type ConnFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Runs server connections inside their client connection's task instead of a task each:
+/// a request and its response then cross no task boundary (no wake-up of another task, no
+/// scheduler hand-off), which is most of the per-request overhead of a keep-alive proxy.
+#[derive(Default)]
+pub struct Driver {
+    incoming: Option<tokio::sync::mpsc::UnboundedReceiver<ConnFuture>>,
+    running: Vec<ConnFuture>,
+}
+
+impl Driver {
+    /// A driver and the sender [`connect`] hands connection futures to.
+    pub fn new() -> (Driver, tokio::sync::mpsc::UnboundedSender<ConnFuture>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (Driver { incoming: Some(rx), running: Vec::new() }, tx)
+    }
+
+    /// Whether nothing runs and nothing more can come.
+    pub fn is_idle(&self) -> bool {
+        self.running.is_empty() && self.incoming.as_ref().map_or(true, |rx| rx.is_closed() && rx.is_empty())
+    }
+
+    /// Polls every connection; ready when the sender is gone and every connection ended.
+    pub async fn run(&mut self) {
+        std::future::poll_fn(|cx| {
+            if let Some(rx) = self.incoming.as_mut() {
+                loop {
+                    match rx.poll_recv(cx) {
+                        std::task::Poll::Ready(Some(f)) => self.running.push(f),
+                        std::task::Poll::Ready(None) => {
+                            self.incoming = None;
+                            break;
+                        }
+                        std::task::Poll::Pending => break,
+                    }
+                }
+            }
+            self.running.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+            if self.incoming.is_none() && self.running.is_empty() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Hands `f` to the client connection's driver, or to its own task when there is none.
+fn drive(driver: &tokio::sync::mpsc::UnboundedSender<ConnFuture>, f: ConnFuture) {
+    if let Err(e) = driver.send(f) {
+        tokio::spawn(e.0);
+    }
+}
+
+/// Opens a new HTTP/1.1 connection to `key.server`, within `timeout` for TCP and TLS; its I/O
+/// runs on `driver`.
 pub async fn connect(
     key: &UpstreamKey,
     tls: Option<&UpstreamTlsConfig>,
     timeout: Duration,
+    driver: &tokio::sync::mpsc::UnboundedSender<ConnFuture>,
 ) -> Result<SendRequest<RequestBody>, UpstreamError> {
     let tcp = connect_upstream(key.server, key.source, timeout)
         .await
@@ -127,9 +187,12 @@ pub async fn connect(
                 .handshake(TokioIo::new(tcp))
                 .await
                 .map_err(|e| UpstreamError::Handshake(key.server, e))?;
-            tokio::spawn(async move {
-                let _ = conn.with_upgrades().await;
-            });
+            drive(
+                driver,
+                Box::pin(async move {
+                    let _ = conn.with_upgrades().await;
+                }),
+            );
             Ok(sender)
         }
         Some(t) => {
@@ -148,9 +211,12 @@ pub async fn connect(
                 .handshake(TokioIo::new(stream))
                 .await
                 .map_err(|e| UpstreamError::Handshake(key.server, e))?;
-            tokio::spawn(async move {
-                let _ = conn.with_upgrades().await;
-            });
+            drive(
+                driver,
+                Box::pin(async move {
+                    let _ = conn.with_upgrades().await;
+                }),
+            );
             Ok(sender)
         }
     }
