@@ -569,3 +569,38 @@ fn snat_https_tells_the_server_the_client_in_x_forwarded_for() {
         assert_eq!(e.proto, "https");
     }
 }
+
+/// SYN retransmissions the client namespace's kernel counted so far.
+fn syn_retransmits(l: &L7) -> u64 {
+    let out = l.lab.client.sh(&["nstat", "-az", "TcpExtTCPSynRetrans"]).expect("nstat (iproute2)");
+    out.lines()
+        .find_map(|line| line.strip_prefix("TcpExtTCPSynRetrans"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no TcpExtTCPSynRetrans in nstat output:\n{out}"))
+}
+
+/// A client that reuses its source port while the previous connection still sits in
+/// TIME_WAIT on the balancer (portier closed first: `Connection: close`) gets through at once.
+/// Without the SYN exclusion in the `socket transparent` rule, the SYN is delivered to that
+/// TIME_WAIT socket, the kernel finds no listener on the VIP and drops it, and the client
+/// retransmits its SYN a second later (clients behind one NAT reuse ports all the time).
+#[test]
+fn a_client_port_reused_during_time_wait_connects_without_a_syn_retry() {
+    let l = start(LabSpec::default(), &[], CONTRACT);
+    let before = syn_retransmits(&l);
+    for i in 0..5 {
+        let out = l.curl(
+            c4(0),
+            &["-v", "--local-port", "40000", "-H", "Connection: close", "http://mail.example.test/owa"],
+        );
+        assert!(out.ok && out.stderr.contains("< HTTP/1.1 301"), "request {i}: {}", out.stderr);
+    }
+    let tw = l.lab.balancer.sh(&["ss", "-tanH", "state", "time-wait"]).unwrap_or_default();
+    assert!(
+        tw.contains(&format!("{}:40000", c4(0))),
+        "portier closed first, so the balancer holds the TIME_WAIT: {tw}"
+    );
+    let retries = syn_retransmits(&l) - before;
+    assert_eq!(retries, 0, "SYN retransmissions while reusing port 40000\n{}", l.portier.log_tail());
+}

@@ -98,7 +98,7 @@ pub fn diagnose(config: Option<&Config>) -> Report {
     let families = config.map(routing::families_in_use).unwrap_or_else(|| vec!["-4"]);
     let mut probe = String::from(
         "table inet portier_doctor {\n chain p {\n  type filter hook prerouting priority mangle;\n  \
-         meta l4proto tcp socket transparent 1 meta mark set 0x1 accept\n  \
+         meta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 meta mark set 0x1 accept\n  \
          ip daddr 192.0.2.1 tcp dport 9 tproxy ip to 127.0.0.1:9 accept\n",
     );
     if families.contains(&"-6") {

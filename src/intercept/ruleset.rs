@@ -65,9 +65,14 @@ pub fn render_table(config: &Config, ports: &[u16]) -> String {
     let _ = writeln!(t, "table {TABLE_FAMILY} {TABLE_NAME} {{");
     let _ = writeln!(t, "\tchain prerouting {{");
     let _ = writeln!(t, "\t\ttype filter hook prerouting priority mangle; policy accept;");
+    // A new connection's SYN (SYN without ACK) skips this rule on purpose: when the client
+    // reuses a port whose previous connection sits in TIME_WAIT here, `socket transparent`
+    // would match that TIME_WAIT socket and deliver the SYN to it; with no listener on the
+    // VIP itself the kernel drops it, and the client waits a second for its SYN retry. The
+    // tproxy rule below retires the TIME_WAIT socket and hands the SYN to our listener.
     let _ = writeln!(
         t,
-        "\t\tmeta l4proto tcp socket transparent 1 meta mark set {mark:#x} accept comment \"established transparent sockets\""
+        "\t\tmeta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 meta mark set {mark:#x} accept comment \"established transparent sockets\""
     );
     for (s, port) in config.services.iter().zip(ports) {
         let v4: Vec<IpAddr> = s.vips.iter().copied().filter(IpAddr::is_ipv4).collect();
@@ -134,7 +139,10 @@ mod tests {
         let ports = listener_ports(&c);
         assert_eq!(ports, vec![135, 443]);
         let t = render_table(&c, &ports);
-        assert!(t.contains("meta l4proto tcp socket transparent 1 meta mark set 0x1 accept"), "{t}");
+        assert!(
+            t.contains("meta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 meta mark set 0x1 accept"),
+            "{t}"
+        );
         assert!(t.contains("ip daddr 198.19.0.10 tcp dport { 135, 59532, 59533-59534 } tproxy ip to 127.0.0.1:135 meta mark set 0x1 accept"), "{t}");
         assert!(
             t.contains(

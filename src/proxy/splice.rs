@@ -735,3 +735,35 @@ mod tests {
         expect_reset(&mut r.server_app).await;
     }
 }
+
+#[cfg(test)]
+mod size_budget {
+    /// An idle connection costs its task, and the relay's state machine is most of it: a
+    /// buffer or a duplicated future laid out inline multiplies across thousands of idle MAPI
+    /// connections (5,000 of them held measure about 4.6 KB each, docs/PERFORMANCE.md).
+    #[tokio::test]
+    async fn relay_futures_stay_small() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut pairs = Vec::new();
+        for _ in 0..2 {
+            let a = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let (b, _) = l.accept().await.unwrap();
+            pairs.push((a, b));
+        }
+        let c = prometheus_client::metrics::counter::Counter::default();
+        let (a, b) = pairs.pop().unwrap();
+        let splice = super::relay_splice(a, b, std::time::Duration::from_secs(1), &c, &c);
+        let (a, b) = pairs.pop().unwrap();
+        let copy = crate::proxy::relay::relay(a, b, std::time::Duration::from_secs(1), &c, &c);
+        assert!(
+            std::mem::size_of_val(&splice) <= 4096,
+            "splice relay future: {} bytes",
+            std::mem::size_of_val(&splice)
+        );
+        assert!(
+            std::mem::size_of_val(&copy) <= 2560,
+            "copy relay future: {} bytes",
+            std::mem::size_of_val(&copy)
+        );
+    }
+}

@@ -106,6 +106,9 @@ async fn handle(client_stream: TcpStream, client: ClientAddr, svc: &Service) {
                     &server.metrics.bytes_to_server,
                     &server.metrics.bytes_to_client,
                 );
+                // Pinned here and lent: passed by value, the relay's state machine (about 3 KB)
+                // was laid out twice more inside this task's future, for every connection.
+                tokio::pin!(relaying);
                 let (end, stats) = keep_sticky_alive(svc, client, relaying).await;
                 svc.touch_sticky(client.ip());
                 drop(guard);
@@ -137,20 +140,19 @@ async fn handle(client_stream: TcpStream, client: ClientAddr, svc: &Service) {
 
 /// Runs `fut` while refreshing the client's stickiness entry, so an Outlook session open for
 /// longer than `expire` keeps its later connections on the same server.
-async fn keep_sticky_alive<T>(
+async fn keep_sticky_alive<F: std::future::Future>(
     svc: &Service,
     client: ClientAddr,
-    fut: impl std::future::Future<Output = T>,
-) -> T {
+    mut fut: std::pin::Pin<&mut F>,
+) -> F::Output {
     let Some(expire) = svc.config.sticky.as_ref().filter(|s| s.table().is_some()).map(|s| s.expire) else {
         return fut.await;
     };
-    tokio::pin!(fut);
     let mut every = tokio::time::interval(expire / 2);
     every.tick().await;
     loop {
         tokio::select! {
-            r = &mut fut => return r,
+            r = fut.as_mut() => return r,
             _ = every.tick() => svc.touch_sticky(client.ip()),
         }
     }
