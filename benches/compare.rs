@@ -342,6 +342,12 @@ fn run_web(k: &Knobs, lab: &Lab, tmp: &Path, exe: &Path, res: &mut Results) -> i
     // client address; give the client the whole port range and TIME_WAIT reuse.
     lab.client
         .set_sysctls(&[("net/ipv4/ip_local_port_range", "1024 65000"), ("net/ipv4/tcp_tw_reuse", "1")])?;
+    // The balancer too: both proxies connect to nginx from that one client address
+    // (transparent), and closing those server connections first leaves the TIME_WAITs here.
+    // Without reuse the (client address, nginx:80) pairs run out of source ports within
+    // seconds and every connect waits (README, "Running it for real").
+    lab.balancer
+        .set_sysctls(&[("net/ipv4/ip_local_port_range", "1024 65000"), ("net/ipv4/tcp_tw_reuse", "1")])?;
     install_haproxy_plumbing(&lab.balancer)?;
     let b0 = &lab.backends[0];
     let _nginx = Proc::spawn(

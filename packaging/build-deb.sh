@@ -11,6 +11,7 @@ rm -rf "$root"
 install -D -m 0755 target/release/portier "$root/usr/bin/portier"
 strip "$root/usr/bin/portier" 2>/dev/null || true
 install -D -m 0644 systemd/portier.service "$root/lib/systemd/system/portier.service"
+install -D -m 0644 packaging/sysctl/60-portier.conf "$root/usr/lib/sysctl.d/60-portier.conf"
 install -D -m 0644 configs/portier.toml "$root/etc/portier/portier.toml"
 install -D -m 0644 README.md "$root/usr/share/doc/portier/README.md"
 install -D -m 0644 docs/ARCHITECTURE.md "$root/usr/share/doc/portier/ARCHITECTURE.md"

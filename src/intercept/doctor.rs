@@ -171,6 +171,17 @@ pub fn diagnose(config: Option<&Config>) -> Report {
         }
     }
 
+    // Transparent connections to a server all come from the clients' addresses: closed by
+    // portier first, they leave TIME_WAITs here, and one busy client address (a NAT) runs out
+    // of source ports towards a server within seconds unless TIME_WAIT may be reused.
+    if config.services.iter().any(|s| s.source == crate::config::Source::Client) {
+        match std::fs::read_to_string("/proc/sys/net/ipv4/tcp_tw_reuse").map(|v| v.trim().to_string()) {
+            Ok(v) if v == "1" => r.add(Level::Ok, "net.ipv4.tcp_tw_reuse = 1: transparent server connections may reuse TIME_WAIT ports"),
+            Ok(v) => r.add(Level::Warn, format!("net.ipv4.tcp_tw_reuse = {v}: a client address making many short connections (a NAT, an ActiveSync gateway) exhausts the source ports towards a server and new connections stall. Fix: sysctl -w net.ipv4.tcp_tw_reuse=1 (the Debian package ships /usr/lib/sysctl.d/60-portier.conf)")),
+            Err(e) => r.add(Level::Info, format!("cannot read net.ipv4.tcp_tw_reuse: {e}")),
+        }
+    }
+
     // The return path cannot be seen from here; say exactly what it must be for each server.
     for pool in &config.pools {
         for sv in &pool.servers {

@@ -190,6 +190,8 @@ impl Lab {
             // reverse-path filtering would drop intercepted traffic.
             ("net/ipv4/conf/all/rp_filter", "0"),
             ("net/ipv4/conf/default/rp_filter", "0"),
+            // As the package's sysctl.d file sets it (README, "Running it for real").
+            ("net/ipv4/tcp_tw_reuse", "1"),
             no_dad[0],
             no_dad[1],
         ])?;
