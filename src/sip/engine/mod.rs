@@ -144,6 +144,25 @@ struct OkRetx {
     call: Option<u64>,
 }
 
+/// Methods counted by name in `portier_sip_requests_total`; the last is everything else.
+const METHODS: [&str; 15] = [
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "REGISTER",
+    "OPTIONS",
+    "PRACK",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "PUBLISH",
+    "INFO",
+    "REFER",
+    "MESSAGE",
+    "UPDATE",
+    "other",
+];
+
 /// The B2BUA. See the module docs.
 pub struct Engine {
     cfg: Arc<SipConfig>,
@@ -164,6 +183,7 @@ pub struct Engine {
     metrics: SipMetrics,
     mwi: HashMap<String, (String, String)>,
     subscriptions: Vec<registrar::Subscription>,
+    request_counters: [Option<prometheus_client::metrics::counter::Counter>; METHODS.len()],
 }
 
 impl Engine {
@@ -190,6 +210,7 @@ impl Engine {
             metrics,
             mwi: HashMap::new(),
             subscriptions: Vec::new(),
+            request_counters: Default::default(),
         };
         for i in 0..e.trunks.len() {
             e.trunk_start(i, now);
@@ -298,9 +319,9 @@ impl Engine {
             self.after_event();
             return;
         }
-        let method = msg.method().unwrap_or_default().to_owned();
-        self.metrics.requests.get_or_create(&MethodLabels { method: method.clone() }).inc();
-        if method != "ACK" {
+        let is_ack = msg.method() == Some("ACK");
+        self.count_request(msg.method().unwrap_or_default());
+        if !is_ack {
             if msg.max_forwards().ok().flatten() == Some(0) {
                 self.stateless(&msg, 483, "Too Many Hops", src);
                 return;
@@ -311,7 +332,7 @@ impl Engine {
             }
         }
         mark_received(&mut msg, src.addr);
-        if method != "ACK" {
+        if !is_ack {
             if let Some(k) = server_key(&msg) {
                 self.server_dest.entry(k).or_insert(src);
             } else {
@@ -365,6 +386,18 @@ impl Engine {
             self.run(Some(k), actions, now);
         }
         self.after_event();
+    }
+
+    /// Counts a request by method through handles cached per method (no label allocation or
+    /// family lock per message); methods outside RFC 3261 and its extensions count as "other".
+    fn count_request(&mut self, method: &str) {
+        let i = METHODS.iter().position(|m| *m == method).unwrap_or(METHODS.len() - 1);
+        let requests = &self.metrics.requests;
+        self.request_counters[i]
+            .get_or_insert_with(|| {
+                requests.get_or_create(&MethodLabels { method: METHODS[i].to_string() }).clone()
+            })
+            .inc();
     }
 
     fn after_event(&mut self) {

@@ -74,8 +74,10 @@ fn udp(a: &str) -> Dest {
 }
 
 impl H {
-    fn new() -> H {
-        let cfg = crate::config::parse(CONFIG, Path::new("t.toml")).unwrap().sip.unwrap();
+    /// An engine on `config` whose start-up output (the trunk's first REGISTER, pings) is
+    /// still to be read.
+    fn fresh(config: &str) -> H {
+        let cfg = crate::config::parse(config, Path::new("t.toml")).unwrap().sip.unwrap();
         let metrics = Metrics::new();
         let opts = EngineOptions {
             timers: Timers::default(),
@@ -84,7 +86,12 @@ impl H {
         };
         let now = Now { mono: Instant::now(), unix: 1_000_000 };
         let e = Engine::new(Arc::new(cfg), metrics.sip(), opts, now);
-        let mut h = H { e, now, metrics, n: 0 };
+        H { e, now, metrics, n: 0 }
+    }
+
+    /// The test configuration, its start-up output read and dropped.
+    fn new() -> H {
+        let mut h = H::fresh(CONFIG);
         h.tick(Duration::ZERO);
         h.e.take_output();
         h
@@ -548,22 +555,7 @@ fn inbound_trunk_call_rings_its_extension_and_follows_forward_always() {
 
 #[test]
 fn trunk_registers_with_digest_and_refreshes_before_expiry() {
-    let mut h = H::new();
-    let out = h.tick(Duration::from_millis(1));
-    let _ = out;
-    // The first REGISTER went out at start (H::new drained it); force a fresh attempt view.
-    let mut h = {
-        let cfg = crate::config::parse(CONFIG, Path::new("t.toml")).unwrap().sip.unwrap();
-        let metrics = Metrics::new();
-        let opts = EngineOptions {
-            timers: Timers::default(),
-            digest_key: [1; 32],
-            register_backoff: Duration::from_secs(5),
-        };
-        let now = Now { mono: Instant::now(), unix: 5 };
-        let e = Engine::new(Arc::new(cfg), metrics.sip(), opts, now);
-        H { e, now, metrics, n: 0 }
-    };
+    let mut h = H::fresh(CONFIG);
     let out = h.tick(Duration::ZERO);
     let reg = method(&out, "REGISTER").expect("trunk REGISTER");
     assert_eq!(reg.dest.addr, addr("198.18.3.10:5060"));
@@ -778,15 +770,7 @@ fn a_subscribed_phone_gets_the_initial_state_and_updates() {
 fn credentials_with_an_algorithm_not_offered_are_refused() {
     let cfg = CONFIG
         .replace("nonce_lifetime = \"60s\"", "nonce_lifetime = \"60s\"\ndigest_algorithms = [\"SHA-256\"]");
-    let cfg = crate::config::parse(&cfg, Path::new("t.toml")).unwrap().sip.unwrap();
-    let metrics = Metrics::new();
-    let opts = EngineOptions {
-        timers: Timers::default(),
-        digest_key: [7; 32],
-        register_backoff: Duration::from_secs(5),
-    };
-    let now = Now { mono: Instant::now(), unix: 1_000_000 };
-    let mut h = H { e: Engine::new(Arc::new(cfg), metrics.sip(), opts, now), now, metrics, n: 0 };
+    let mut h = H::fresh(&cfg);
     let out = register_2002(&mut h, 1, "");
     let c = status(&out, 401).unwrap();
     assert_eq!(c.msg.count("WWW-Authenticate"), 1);
