@@ -15,6 +15,7 @@ PACKAGES=(
   sip-tester                 # sipp: phones, the ISP and the Exchange UM emulator in the SIP lab tests
   baresip-core               # baresip: a real softphone in the SIP lab tests
   socat                      # TLS in front of the Exchange UM emulator (Debian's sipp has no TLS)
+  procps                     # kill (stops sipp emulators cleanly) and sysctl in the lab tests
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -38,6 +39,6 @@ for m in nft_tproxy nft_socket nf_tproxy_ipv4 nf_tproxy_ipv6 veth bridge; do
   modprobe -q "$m" 2>/dev/null || true
 done
 
-for tool in nft ip curl promtool nginx h2load openssl sipp baresip socat cargo; do
+for tool in nft ip curl promtool nginx h2load openssl sipp baresip socat kill sysctl ss nstat timeout cargo; do
   command -v "$tool" >/dev/null || { echo "scripts/deps.sh: $tool not found after install" >&2; exit 1; }
 done

@@ -192,21 +192,12 @@ pub fn request(p: &RequestParts<'_>) -> Result<Message, EditError> {
 /// Copies the body and the headers describing it from `from` to `to`.
 pub fn copy_body(from: &Message, to: &mut Message) {
     for name in ["Content-Type", "Content-Disposition", "Content-Encoding", "Content-Language"] {
-        if let Some(v) = header(from, name_static(name)) {
+        if let Some(v) = header(from, name) {
             let _ = to.set_header(name, &v);
         }
     }
     if !from.body().is_empty() {
         to.set_body(from.body().to_vec());
-    }
-}
-
-fn name_static(name: &str) -> &'static str {
-    match name {
-        "Content-Type" => "Content-Type",
-        "Content-Disposition" => "Content-Disposition",
-        "Content-Encoding" => "Content-Encoding",
-        _ => "Content-Language",
     }
 }
 

@@ -198,8 +198,6 @@ fn outcome_for(status: u16) -> &'static str {
 fn identity_of(req: &Message) -> (Option<String>, Option<String>, bool) {
     let privacy_header = build::header(req, "Privacy").is_some_and(|p| p.to_ascii_lowercase().contains("id"));
     for name in ["P-Asserted-Identity", "Remote-Party-ID"] {
-        let name: &'static str =
-            if name == "Remote-Party-ID" { "Remote-Party-ID" } else { "P-Asserted-Identity" };
         if let Some(na) = build::header(req, name).and_then(|v| NameAddr::parse(&v, name).ok()) {
             let private = privacy_header || na.params.value("privacy").is_some_and(|p| p != "off");
             return (build::uri_user(&na.uri), na.display_name.clone(), private);
@@ -1336,11 +1334,6 @@ fn cancel_for(invite: &Message) -> Option<Message> {
         c.push_header("Route", &r).ok()?;
     }
     for name in ["From", "To", "Call-ID"] {
-        let name: &'static str = match name {
-            "From" => "From",
-            "To" => "To",
-            _ => "Call-ID",
-        };
         c.push_header(name, &build::header(invite, name)?).ok()?;
     }
     c.push_header("CSeq", &format!("{} CANCEL", cseq.seq)).ok()?;
