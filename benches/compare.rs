@@ -12,15 +12,16 @@
 //! every connection to the same backend, which sees the real client address from both
 //! (checked before measuring). Neither logs per request. Only the one being measured has load.
 //!
-//! Worker threads N = 1, then 2: portier through `TOKIO_WORKER_THREADS=N` (portier has no
-//! option of its own), HAProxy through `nbthread N`. For each N, every scenario runs A B A B...
+//! Worker threads N = 1, then 2: portier through `TOKIO_WORKER_THREADS=N` (the environment
+//! form of `[global] threads`), HAProxy through `nbthread N`. For each N, every scenario runs A B A B...
 //! (portier, HAProxy) for BENCH_ROUNDS rounds; the table shows medians. The no-proxy limit
 //! (the client straight to 198.18.2.11 through the balancer's kernel routing) is measured
-//! first, before any proxy ran (see `run`). Results are recorded, never asserted. The table is printed and written to
+//! first, before any proxy ran (see `run`), BENCH_DIRECT_ROUNDS times. Results are recorded, never asserted. The table is printed and written to
 //! docs/PERFORMANCE.md between the `compare:begin`/`compare:end` markers (the rest of the file
 //! is kept).
 //!
-//! Knobs (environment): BENCH_ROUNDS (3), BENCH_SECS (5), BENCH_THREADS ("1,2"),
+//! Knobs (environment): BENCH_ROUNDS (3), BENCH_DIRECT_ROUNDS (1), BENCH_SECS (4),
+//! BENCH_THREADS ("1,2"),
 //! BENCH_HOLD (5000), BENCH_DOC (1; 0 = do not write docs/PERFORMANCE.md),
 //! BENCH_SCENARIOS (all; comma list of l4,http,close,https,handshake,memory,sip).
 //!
@@ -125,7 +126,7 @@ impl Scenario {
             Scenario::Http { tls: true, close: true } => "handshake",
             s => s.key(),
         };
-        only.as_ref().map_or(true, |l| l.iter().any(|x| x == group))
+        only.as_ref().is_none_or(|l| l.iter().any(|x| x == group))
     }
 }
 
@@ -196,6 +197,7 @@ const ROWS: [Row; 16] = [
 
 struct Knobs {
     rounds: usize,
+    direct_rounds: usize,
     secs: u64,
     threads: Vec<usize>,
     hold: usize,
@@ -217,7 +219,8 @@ impl Knobs {
             .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect());
         Knobs {
             rounds: num("BENCH_ROUNDS", 3).max(1) as usize,
-            secs: num("BENCH_SECS", 5).max(1),
+            direct_rounds: num("BENCH_DIRECT_ROUNDS", 1).max(1) as usize,
+            secs: num("BENCH_SECS", 4).max(1),
             threads,
             hold: num("BENCH_HOLD", 5000) as usize,
             doc: num("BENCH_DOC", 1) != 0,
@@ -228,7 +231,7 @@ impl Knobs {
 
     /// Whether the scenario group `name` was asked for (all are, without BENCH_SCENARIOS).
     fn wants(&self, name: &str) -> bool {
-        self.only.as_ref().map_or(true, |l| l.iter().any(|x| x == name))
+        self.only.as_ref().is_none_or(|l| l.iter().any(|x| x == name))
     }
 
     /// Whether any of the HAProxy scenarios (everything but `sip`) was asked for.
@@ -370,8 +373,9 @@ fn run_web(k: &Knobs, lab: &Lab, tmp: &Path, exe: &Path, res: &mut Results) -> i
     // transparent TIME_WAIT sockets (client address:port -> backend:80) in the balancer. The
     // `socket transparent 1` rule no longer takes a new connection's SYN (portier's ruleset
     // excludes SYN-without-ACK), but measuring first keeps the limit clean of any doubt.
+    // One round each by default: the limit is a reference, not a ratio (BENCH_DIRECT_ROUNDS).
     for s in SCENARIOS.iter().copied().filter(|s| s.enabled(&k.only)) {
-        for round in 0..k.rounds {
+        for round in 0..k.direct_rounds {
             run_one(&lab.client, res, k, 0, round, s, Target::Direct);
         }
     }
@@ -1181,19 +1185,21 @@ fn render(k: &Knobs, res: &Results, date: &str, took: Duration) -> String {
     let _ = writeln!(
         s,
         "Command: `sudo ./scripts/bench.sh` (= `cargo build --release && cargo bench --bench compare`), \
-         BENCH_ROUNDS={} BENCH_SECS={} BENCH_THREADS={} BENCH_HOLD={}. N = worker threads: \
+         BENCH_ROUNDS={} BENCH_DIRECT_ROUNDS={} BENCH_SECS={} BENCH_THREADS={} BENCH_HOLD={}. N = worker threads: \
          portier `TOKIO_WORKER_THREADS=N`, HAProxy `nbthread N`. Each value is the median of {} \
          rounds run A B A B (portier, HAProxy). The no-proxy limit (client straight to \
-         198.18.2.11 through the balancer's kernel routing) is measured first, before any proxy \
+         198.18.2.11 through the balancer's kernel routing; the median of {} round(s)) is measured first, before any proxy \
          ran, so no leftover transparent TIME_WAIT socket of a proxy can capture its SYNs. \
          Ratio = portier / HAProxy (higher is better for rates, lower for latency and memory). \
          All processes (client tools, both proxies, nginx with {NGINX_WORKERS} workers) share the \
          same {nproc} CPUs (the SIP rows, when run, are set up differently: see \"SIP rows\" below).\n",
         k.rounds,
+        k.direct_rounds,
         k.secs,
         k.threads.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","),
         k.hold,
         k.rounds,
+        k.direct_rounds,
     );
     let _ = writeln!(s, "| scenario | N | portier | HAProxy (SIP: Kamailio) | ratio | no-proxy limit |");
     let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- |");
@@ -1436,7 +1442,7 @@ mod sip {
                 && self.ok == self.calls
                 && self.failed == 0
                 && self.retrans as f64 <= MAX_RETRANS_PER_CALL * self.calls as f64
-                && self.created_rate.map_or(true, |r| r >= MIN_CREATED_SHARE * f64::from(self.rate))
+                && self.created_rate.is_none_or(|r| r >= MIN_CREATED_SHARE * f64::from(self.rate))
         }
 
         fn show(&self) -> String {
@@ -1737,7 +1743,7 @@ mod sip {
                 .collect();
             let mut s = format!("{top} (steps: {})", steps.join(", "));
             // The first failing run above the result: what happens past the limit.
-            let above = self.runs.iter().find(|r| !r.clean() && self.top.map_or(true, |t| r.rate > t));
+            let above = self.runs.iter().find(|r| !r.clean() && self.top.is_none_or(|t| r.rate > t));
             if let Some(r) = above {
                 let _ = write!(s, "; at {}", r.show());
             }

@@ -968,7 +968,7 @@ fn hostile_input_gets_a_clean_error_or_close_and_is_counted() {
             "headers over 64 KiB",
             {
                 let mut v = b"GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
-                v.extend(std::iter::repeat(b'a').take(70 * 1024));
+                v.extend(std::iter::repeat_n(b'a', 70 * 1024));
                 v.extend_from_slice(b"\r\n\r\n");
                 v
             },
@@ -1099,6 +1099,73 @@ fn curl_upload_with_expect_100_continue_does_not_stall() {
     assert_eq!(code, "200");
     let time: f64 = time.parse().unwrap();
     assert!(time < 0.9, "the upload stalled {time} s: no 100 Continue came back");
+}
+
+#[test]
+fn a_login_made_on_the_fast_path_survives_the_hand_over_to_hyper() {
+    let _l = light();
+    // Small requests take the HTTP/1.1 fast path; a body over 64 KiB hands the connection to
+    // hyper. The server connection the user logged in on (NTLM) must come along.
+    let cfg = format!(
+        "[pools.one]\nservers = [{{ address = \"198.18.2.11:80\" }}]\n{}",
+        http_service("web", 80, "one", "")
+    );
+    let h = start(LabSpec::default(), &cfg);
+    let mut alice = h.client(c4(0), 80);
+    alice.send(b"GET /whoami HTTP/1.1\r\nHost: mail.example.test\r\nAuthorization: NTLM alice\r\n\r\n");
+    let first = alice.response();
+    let first = first.text();
+    assert!(first.starts_with("user=alice "), "{first}");
+    let big = vec![b'x'; 100 * 1024];
+    alice.send(
+        format!("POST /whoami HTTP/1.1\r\nHost: mail.example.test\r\nContent-Length: {}\r\n\r\n", big.len())
+            .as_bytes(),
+    );
+    alice.send(&big);
+    let second = alice.response();
+    assert_eq!(
+        second.text(),
+        first,
+        "the handed-over request ran on another server connection\n{}",
+        h.portier.log_tail()
+    );
+    let third = alice.get("/whoami");
+    assert_eq!(third.text(), first);
+}
+
+#[test]
+fn pipelined_requests_small_chunked_uploads_and_connection_close_on_the_fast_path() {
+    let _l = light();
+    let h = start(LabSpec::default(), &format!("{WEB_POOL}{}", http_service("web", 80, "web", "")));
+    let mut c = h.client(c4(0), 80);
+    // Three requests in one write: the second with a chunked body and a trailer, the third
+    // asking to close.
+    c.send(
+        b"GET /hello HTTP/1.1\r\nHost: mail.example.test\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\n\r\n\
+          POST /upload HTTP/1.1\r\nHost: mail.example.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nX-Sum: 1\r\n\r\n\
+          GET /download?bytes=100000 HTTP/1.1\r\nHost: mail.example.test\r\nConnection: close\r\n\r\n",
+    );
+    let one = c.response();
+    assert_eq!(one.head.status, 200);
+    assert!(one.text().starts_with("backend="), "{}", one.text());
+    assert_eq!(one.head.get("connection"), None, "{:?}", one.head);
+    let two = c.response();
+    assert!(two.text().starts_with("bytes=12 "), "{}", two.text());
+    let three = c.response();
+    assert_eq!(three.body.len(), 100_000);
+    let mut expected = vec![0u8; 100_000];
+    pattern_fill(0, &mut expected);
+    assert!(three.body == expected, "the download was altered");
+    assert_eq!(three.head.get("connection").map(str::to_ascii_lowercase).as_deref(), Some("close"));
+    c.wait_closed(Duration::from_secs(3)).expect("closed after Connection: close");
+    // A broken chunked body: 400 and the connection closes.
+    let mut bad = h.client(c4(0), 80);
+    bad.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\n");
+    let r = bad.response();
+    assert_eq!(r.head.status, 400, "{r:?}");
+    bad.wait_closed(Duration::from_secs(3)).expect("closed after a broken body");
+    h.assert_no_panic();
 }
 
 // 9 ------------------------------------------------------------------------------------------

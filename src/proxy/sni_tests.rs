@@ -535,7 +535,7 @@ proptest! {
         msg.extend_from_slice(&body);
         let mut wire = records(&msg, &[16384]);
         wire[2] = version;
-        wire.extend(std::iter::repeat(0x16).take(extra));
+        wire.extend(std::iter::repeat_n(0x16, extra));
         let result = parse_client_hello(&wire);
         check_invariants(&wire, &result);
     }

@@ -258,7 +258,10 @@ async fn accept_loop(listener: tokio::net::TcpListener, name: Arc<str>, stats: A
                 let (name, user) = (name.clone(), user.clone());
                 async move {
                     if req.uri().path() == "/whoami" {
-                        return Ok::<_, Infallible>(whoami(&req, &user, id));
+                        let r = whoami(&req, &user, id);
+                        // Read the body first: answering before it would make hyper close.
+                        let _ = req.into_body().collect().await;
+                        return Ok::<_, Infallible>(r);
                     }
                     Ok::<_, Infallible>(handle(req, &name, peer).await)
                 }

@@ -171,8 +171,12 @@ fn plain(
 }
 
 /// The server (index in `pool`) a cookie designates, for cookie and server-cookie stickiness.
-fn preferred(hs: &HttpService, pool: &Pool, headers: &HeaderMap, now: Instant) -> Option<usize> {
-    let cookies = || headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes());
+pub(super) fn preferred<'a, I: Iterator<Item = &'a [u8]>>(
+    hs: &HttpService,
+    pool: &Pool,
+    cookies: impl Fn() -> I,
+    now: Instant,
+) -> Option<usize> {
     match hs.svc.sticky.as_ref()? {
         Sticky::Cookie { name, .. } => {
             let v = cookie(cookies(), name)?;
@@ -257,7 +261,8 @@ pub async fn handle(
         Source::Address(ip) => UpstreamSource::Fixed(ip),
     };
     let now = started;
-    let hint = preferred(&hs, &pool, req.headers(), now);
+    let cookies = || req.headers().get_all(header::COOKIE).into_iter().map(HeaderValue::as_bytes);
+    let hint = preferred(&hs, &pool, cookies, now);
 
     // Choose and connect; nothing has been sent yet, so a failure may try another server.
     let mut tried = [0usize; MAX_ATTEMPTS];

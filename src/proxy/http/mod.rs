@@ -3,6 +3,7 @@
 
 mod body;
 mod forward;
+pub mod h1;
 mod log;
 pub mod route;
 mod upstream;
@@ -218,9 +219,11 @@ impl Drop for InFlight {
     }
 }
 
-/// Wraps the client's stream to note activity.
+/// Wraps the client's stream to note activity; `pre` holds what the HTTP/1.1 fast path read
+/// before it handed the connection over, served first.
 struct Tracked<IO> {
     io: IO,
+    pre: bytes::BytesMut,
     state: Arc<ConnState>,
 }
 
@@ -231,7 +234,13 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
-        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        let r = if self.pre.is_empty() {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        } else {
+            let n = self.pre.len().min(buf.remaining());
+            buf.put_slice(&self.pre.split_to(n));
+            Poll::Ready(Ok(()))
+        };
         if buf.filled().len() > before {
             self.state.on_read(&buf.filled()[before..]);
         }
@@ -279,6 +288,8 @@ const MAX_HEAD: usize = 64 * 1024;
 
 async fn serve<IO>(
     io: IO,
+    pre: bytes::BytesMut,
+    servers: Vec<(upstream::UpstreamKey, upstream::ServerIo)>,
     client: ClientAddr,
     orig: OrigDstAddr,
     hs: Arc<HttpService>,
@@ -288,7 +299,13 @@ async fn serve<IO>(
 {
     let (mut driver, driver_tx) = upstream::Driver::new();
     let state = Arc::new(ConnState::new(driver_tx));
-    let io = Tracked { io, state: state.clone() };
+    for (key, io) in servers {
+        // The fast path's server connections carry on under hyper (no I/O happens here).
+        if let Ok(sender) = upstream::adopt(io, &state.driver).await {
+            state.upstream.checkin(key, sender);
+        }
+    }
+    let io = Tracked { io, pre, state: state.clone() };
     let (hs2, st2) = (hs.clone(), state.clone());
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let (hs, st) = (hs2.clone(), st2.clone());
@@ -382,6 +399,29 @@ async fn watchdog(state: &ConnState, idle: Duration, header: Duration) -> Watch 
     }
 }
 
+/// HTTP/1.1 clients go through the fast path (`h1`) first; HTTP/2, the redirect service
+/// and whatever the fast path hands over are served by hyper.
+async fn serve_any<IO>(
+    mut io: IO,
+    fast: bool,
+    client: ClientAddr,
+    orig: OrigDstAddr,
+    hs: Arc<HttpService>,
+    mut stop: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut pre = bytes::BytesMut::new();
+    let mut servers = Vec::new();
+    if fast && hs.svc.config.mode != Mode::Redirect {
+        match h1::serve(&mut io, client, orig, &hs, &mut stop).await {
+            h1::Outcome::Closed => return,
+            h1::Outcome::Handoff(read, idle) => (pre, servers) = (read, idle),
+        }
+    }
+    serve(io, pre, servers, client, orig, hs, stop).await
+}
+
 /// One client connection of an http, https or redirect service.
 async fn connection(
     stream: TcpStream,
@@ -393,14 +433,15 @@ async fn connection(
     let Ok(orig) = stream.local_addr().map(OrigDstAddr) else { return };
     let _ = stream.set_nodelay(true);
     match &hs.acceptor {
-        None => serve(stream, client, orig, hs, stop).await,
+        None => serve_any(stream, true, client, orig, hs, stop).await,
         Some(acceptor) => {
             let handshake =
                 tokio::time::timeout(hs.svc.config.header_timeout, acceptor.acceptor().accept(stream)).await;
             match handshake {
                 Ok(Ok(tls)) => {
                     hs.metrics.tls_handshakes.inc();
-                    serve(tls, client, orig, hs, stop).await
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    serve_any(tls, !h2, client, orig, hs, stop).await
                 }
                 Ok(Err(e)) => {
                     hs.metrics.tls_failures.inc();

@@ -71,7 +71,9 @@ impl UpstreamPool {
         let mut map = self.idle.lock().expect("upstream pool poisoned");
         let (_, list) = map.iter_mut().find(|(k, _)| k == key)?;
         while let Some(idle) = list.pop() {
-            if idle.since.elapsed() < MAX_IDLE && idle.sender.is_ready() && !idle.sender.is_closed() {
+            // Not `is_ready()`: a connection adopted from the fast path is ready only once
+            // its driver polled it; the caller awaits `ready()`, which fails if it closed.
+            if idle.since.elapsed() < MAX_IDLE && !idle.sender.is_closed() {
                 return Some(idle.sender);
             }
         }
@@ -133,7 +135,7 @@ impl Driver {
 
     /// Whether nothing runs and nothing more can come.
     pub fn is_idle(&self) -> bool {
-        self.running.is_empty() && self.incoming.as_ref().map_or(true, |rx| rx.is_closed() && rx.is_empty())
+        self.running.is_empty() && self.incoming.as_ref().is_none_or(|rx| rx.is_closed() && rx.is_empty())
     }
 
     /// Polls every connection; ready when the sender is gone and every connection ended.
@@ -169,55 +171,117 @@ fn drive(driver: &tokio::sync::mpsc::UnboundedSender<ConnFuture>, f: ConnFuture)
     }
 }
 
-/// Opens a new HTTP/1.1 connection to `key.server`, within `timeout` for TCP and TLS; its I/O
-/// runs on `driver`.
+/// A connection to a server, plain or re-encrypted.
+pub enum ServerIo {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for ServerIo {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ServerIo::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            ServerIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for ServerIo {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        b: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ServerIo::Plain(s) => std::pin::Pin::new(s).poll_write(cx, b),
+            ServerIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, b),
+        }
+    }
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ServerIo::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            ServerIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ServerIo::Plain(s) => s.is_write_vectored(),
+            ServerIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ServerIo::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            ServerIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ServerIo::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            ServerIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Opens a connection to `key.server`, TCP then TLS when the pool re-encrypts, each within
+/// `timeout`.
+pub async fn open(
+    key: &UpstreamKey,
+    tls: Option<&UpstreamTlsConfig>,
+    timeout: Duration,
+) -> Result<ServerIo, UpstreamError> {
+    let tcp = connect_upstream(key.server, key.source, timeout)
+        .await
+        .map_err(|e| UpstreamError::Connect(key.server, e))?;
+    let Some(t) = tls else { return Ok(ServerIo::Plain(tcp)) };
+    let name = t.sni.clone().unwrap_or_else(|| ServerName::IpAddress(key.server.ip().into()));
+    let connector = tokio_rustls::TlsConnector::from(t.config.clone());
+    let stream = tokio::time::timeout(timeout, connector.connect(name, tcp))
+        .await
+        .map_err(|_| {
+            UpstreamError::Tls(key.server, std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))
+        })?
+        .map_err(|e| UpstreamError::Tls(key.server, e))?;
+    Ok(ServerIo::Tls(Box::new(stream)))
+}
+
+/// Opens a new HTTP/1.1 connection to `key.server` for hyper's client, within `timeout` for
+/// TCP and TLS; its I/O runs on `driver`.
 pub async fn connect(
     key: &UpstreamKey,
     tls: Option<&UpstreamTlsConfig>,
     timeout: Duration,
     driver: &tokio::sync::mpsc::UnboundedSender<ConnFuture>,
 ) -> Result<SendRequest<RequestBody>, UpstreamError> {
-    let tcp = connect_upstream(key.server, key.source, timeout)
-        .await
-        .map_err(|e| UpstreamError::Connect(key.server, e))?;
-    let builder = http1::Builder::new();
-    match tls {
-        None => {
-            let (sender, conn) = builder
-                .handshake(TokioIo::new(tcp))
-                .await
-                .map_err(|e| UpstreamError::Handshake(key.server, e))?;
-            drive(
-                driver,
-                Box::pin(async move {
-                    let _ = conn.with_upgrades().await;
-                }),
-            );
-            Ok(sender)
-        }
-        Some(t) => {
-            let name = t.sni.clone().unwrap_or_else(|| ServerName::IpAddress(key.server.ip().into()));
-            let connector = tokio_rustls::TlsConnector::from(t.config.clone());
-            let stream = tokio::time::timeout(timeout, connector.connect(name, tcp))
-                .await
-                .map_err(|_| {
-                    UpstreamError::Tls(
-                        key.server,
-                        std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"),
-                    )
-                })?
-                .map_err(|e| UpstreamError::Tls(key.server, e))?;
-            let (sender, conn) = builder
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| UpstreamError::Handshake(key.server, e))?;
-            drive(
-                driver,
-                Box::pin(async move {
-                    let _ = conn.with_upgrades().await;
-                }),
-            );
-            Ok(sender)
-        }
-    }
+    let io = open(key, tls, timeout).await?;
+    adopt(io, driver).await.map_err(|e| UpstreamError::Handshake(key.server, e))
+}
+
+/// Makes an open server connection hyper's; its I/O runs on `driver`.
+pub async fn adopt(
+    io: ServerIo,
+    driver: &tokio::sync::mpsc::UnboundedSender<ConnFuture>,
+) -> Result<SendRequest<RequestBody>, hyper::Error> {
+    let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
+    drive(
+        driver,
+        Box::pin(async move {
+            let _ = conn.with_upgrades().await;
+        }),
+    );
+    Ok(sender)
 }

@@ -704,7 +704,7 @@ impl Engine {
                     return;
                 }
                 let reason = reason_of(&resp);
-                if !call.best.as_ref().is_some_and(|(b, _)| rank(status) >= rank(*b)) {
+                if call.best.as_ref().is_none_or(|(b, _)| rank(status) < rank(*b)) {
                     call.best = Some((status, reason));
                 }
                 if call.live_forks() > 0 || call.winner.is_some() || call.a_final {
@@ -816,7 +816,7 @@ impl Engine {
     fn on_fork_failed_plain(&mut self, id: u64, fid: usize, status: u16, reason: &str, now: Now) {
         let Some(call) = self.calls.get_mut(&id) else { return };
         call.forks[fid].state = ForkState::Done;
-        if !call.best.as_ref().is_some_and(|(b, _)| rank(status) >= rank(*b)) {
+        if call.best.as_ref().is_none_or(|(b, _)| rank(status) < rank(*b)) {
             call.best = Some((status, reason.to_string()));
         }
         if call.live_forks() == 0 && call.winner.is_none() && !call.a_final {

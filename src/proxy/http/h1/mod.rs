@@ -1,0 +1,698 @@
+//! The HTTP/1.1 fast path: a client connection speaking HTTP/1.1 is served here, one
+//! request after the other, without hyper: each head is parsed once into ranges of the read
+//! buffer, written to the server with the hop-by-hop fields removed, and bodies pass through
+//! as they came (lengths counted, chunked framing scanned, never re-framed). Most requests
+//! then cost four system calls and no allocation.
+//!
+//! What this path does not do itself it hands over, between two requests, to the hyper path
+//! with the bytes already read: HTTP/2 (preface or ALPN), HTTP/1.0, upgrades (WebSocket),
+//! `Expect: 100-continue`, absolute-form targets, unusual framing, and any head httparse
+//! refuses (hyper then answers 400 or 431 as it always did).
+
+pub mod chunked;
+pub mod head;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use self::chunked::{ChunkError, Chunked};
+use self::head::{Framing, Head, Parsed};
+use super::log::{format, AccessRecord};
+use super::route::{route, set_cookie_value};
+use super::upstream::{open, ServerIo, UpstreamKey};
+use super::HttpService;
+use crate::balance::{ActiveGuard, Server};
+use crate::config::{AccessLog, Source};
+use crate::net::{ClientAddr, OrigDstAddr, UpstreamSource};
+use crate::state::Sticky;
+
+/// How a client connection left the fast path.
+pub enum Outcome {
+    Closed,
+    /// Hyper takes over; these bytes were read from the client and not yet consumed, and
+    /// these idle server connections are the client connection's (NTLM logins live on them).
+    Handoff(BytesMut, Vec<(UpstreamKey, ServerIo)>),
+}
+
+/// Bytes asked of the kernel per read while a body streams.
+const READ_SIZE: usize = 16 * 1024;
+/// Available body bytes up to this size go out in the same write as their head.
+const COALESCE: usize = 32 * 1024;
+/// Request bodies up to this size are read whole before the request is forwarded.
+const MAX_BUFFERED: usize = 64 * 1024;
+/// Idle server connections kept per client connection (usually one is in use).
+const MAX_IDLE_SERVERS: usize = 4;
+/// Older idle server connections are closed rather than reused (IIS closes at 120 s).
+const SERVER_MAX_IDLE: Duration = Duration::from_secs(60);
+const MAX_ATTEMPTS: usize = 3;
+
+struct Idle {
+    key: UpstreamKey,
+    io: ServerIo,
+    since: Instant,
+}
+
+/// What to do with the client connection after an exchange.
+#[derive(PartialEq, Eq)]
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+enum HeadRead {
+    Ready,
+    Closed,
+    Handoff,
+}
+
+/// Why a response head did not arrive.
+enum RespError {
+    /// The server closed before sending a byte (a reused connection may be retried).
+    Eof,
+    Timeout,
+    Io(std::io::Error),
+    Invalid,
+    /// The client went away while 1xx responses were relayed.
+    Client,
+}
+
+/// A message body being forwarded: how much of it is still to come.
+enum Body {
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+    Done,
+}
+
+impl Body {
+    fn new(f: Framing) -> Body {
+        match f {
+            Framing::Empty | Framing::Length(0) => Body::Done,
+            Framing::Length(n) => Body::Length(n),
+            Framing::Chunked => Body::Chunked(Chunked::default()),
+            Framing::UntilClose => Body::UntilClose,
+        }
+    }
+
+    /// How many bytes at the start of `data` belong to the body.
+    fn take(&mut self, data: &[u8]) -> Result<usize, ChunkError> {
+        let n = match self {
+            Body::Done => 0,
+            Body::UntilClose => data.len(),
+            Body::Length(left) => {
+                let n = (data.len() as u64).min(*left);
+                *left -= n;
+                if *left == 0 {
+                    *self = Body::Done;
+                }
+                n as usize
+            }
+            Body::Chunked(c) => {
+                let n = c.feed(data)?;
+                if c.is_done() {
+                    *self = Body::Done;
+                }
+                n
+            }
+        };
+        Ok(n)
+    }
+
+    fn is_done(&self) -> bool {
+        matches!(self, Body::Done)
+    }
+}
+
+struct Conn<'a, IO> {
+    io: &'a mut IO,
+    hs: &'a Arc<HttpService>,
+    client: ClientAddr,
+    orig: OrigDstAddr,
+    /// From the client: the head being read, then body bytes and pipelined requests.
+    buf: BytesMut,
+    /// From the server of the current exchange.
+    sbuf: BytesMut,
+    out: Vec<u8>,
+    req: Head,
+    resp: Head,
+    idle: Vec<Idle>,
+}
+
+/// Serves `io` until it closes, or until a request needs hyper.
+pub async fn serve<IO>(
+    io: &mut IO,
+    client: ClientAddr,
+    orig: OrigDstAddr,
+    hs: &Arc<HttpService>,
+    stop: &mut watch::Receiver<bool>,
+) -> Outcome
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut c = Conn {
+        io,
+        hs,
+        client,
+        orig,
+        buf: BytesMut::with_capacity(4096),
+        sbuf: BytesMut::new(),
+        out: Vec::new(),
+        req: Head::default(),
+        resp: Head::default(),
+        idle: Vec::new(),
+    };
+    // The first head is due from the accept; later ones from their first byte.
+    let mut due = Some(Instant::now());
+    let mut last = Instant::now();
+    loop {
+        match c.read_head(due.take(), last, stop).await {
+            HeadRead::Ready => {}
+            HeadRead::Closed => return Outcome::Closed,
+            HeadRead::Handoff => {
+                let servers = c.idle.into_iter().map(|i| (i.key, i.io)).collect();
+                return Outcome::Handoff(c.buf, servers);
+            }
+        }
+        let next = c.exchange().await;
+        if next == Next::Close || *stop.borrow() {
+            let _ = c.io.shutdown().await;
+            return Outcome::Closed;
+        }
+        last = Instant::now();
+        if c.buf.is_empty() && c.buf.capacity() > 2 * READ_SIZE {
+            // An idle connection holds no copy buffers (a large upload grew this one).
+            c.buf = BytesMut::with_capacity(4096);
+        }
+        if c.sbuf.capacity() > 2 * READ_SIZE {
+            c.sbuf = BytesMut::new();
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
+    /// Reads until a whole request head is in `buf`: idle timeout before its first byte,
+    /// header timeout from then on (or from `due`); then its body (see `read_body`).
+    async fn read_head(
+        &mut self,
+        due: Option<Instant>,
+        last: Instant,
+        stop: &mut watch::Receiver<bool>,
+    ) -> HeadRead {
+        let cfg = &self.hs.svc.config;
+        let mut since = due.or_else(|| (!self.buf.is_empty()).then(Instant::now));
+        // Parsed on the first read whatever it holds (garbage is handed to hyper at once for
+        // its 400), later only when a head end may have arrived.
+        let mut checked = 0;
+        loop {
+            if !self.buf.is_empty() && (checked == 0 || head::may_be_complete(&self.buf, checked)) {
+                match self.req.parse_request(&self.buf) {
+                    Parsed::Done if self.req.unusual || self.req.len > super::MAX_HEAD => {
+                        return HeadRead::Handoff
+                    }
+                    Parsed::Done => return self.read_body().await,
+                    Parsed::Invalid => return HeadRead::Handoff,
+                    Parsed::Partial => {}
+                }
+            }
+            checked = self.buf.len();
+            if self.buf.len() > super::MAX_HEAD || self.buf.starts_with(b"PRI * HTTP/2") {
+                return HeadRead::Handoff;
+            }
+            let deadline = match since {
+                Some(t) => t + cfg.header_timeout,
+                None => last + cfg.idle_timeout,
+            };
+            self.buf.reserve(2048);
+            tokio::select! {
+                biased;
+                r = self.io.read_buf(&mut self.buf) => match r {
+                    Ok(0) | Err(_) => {
+                        if !self.buf.is_empty() {
+                            self.hs.metrics.connection_errors.inc();
+                        }
+                        return HeadRead::Closed;
+                    }
+                    Ok(_) => {
+                        since.get_or_insert_with(Instant::now);
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    if since.is_some() {
+                        self.hs.metrics.connection_errors.inc();
+                        tracing::debug!(service = %cfg.name, client = %self.client, "request head not complete within {:?}: closed", cfg.header_timeout);
+                    } else {
+                        tracing::debug!(service = %cfg.name, client = %self.client, "keep-alive idle timeout");
+                    }
+                    return HeadRead::Closed;
+                }
+                // portier stops: a connection between requests closes now.
+                _ = stop.wait_for(|s| *s), if since.is_none() => return HeadRead::Closed,
+            }
+        }
+    }
+
+    /// Reads the request's body into `buf` when it is small (at most `MAX_BUFFERED`):
+    /// the request then goes out in one write and may be sent again on a fresh connection.
+    /// A larger or open-ended body (a big upload, Outlook Anywhere's RPC_IN_DATA and
+    /// RPC_OUT_DATA, which stream both ways at once) is handed to hyper, which streams it.
+    async fn read_body(&mut self) -> HeadRead {
+        let start = self.req.len;
+        let framing = self.req.framing.unwrap_or(Framing::Empty);
+        let idle = self.hs.svc.config.idle_timeout;
+        loop {
+            let have = &self.buf[start..];
+            let complete = match framing {
+                Framing::Empty => true,
+                Framing::Length(n) if n > MAX_BUFFERED as u64 => return HeadRead::Handoff,
+                Framing::Length(n) => have.len() as u64 >= n,
+                Framing::Chunked => {
+                    let mut c = Chunked::default();
+                    // Broken framing: the exchange answers 400.
+                    c.feed(have).map_or(true, |_| c.is_done())
+                }
+                Framing::UntilClose => return HeadRead::Handoff,
+            };
+            if complete {
+                return HeadRead::Ready;
+            }
+            if have.len() > MAX_BUFFERED {
+                return HeadRead::Handoff;
+            }
+            self.buf.reserve(READ_SIZE);
+            match tokio::time::timeout(idle, self.io.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => {
+                    self.hs.metrics.connection_errors.inc();
+                    return HeadRead::Closed;
+                }
+            }
+        }
+    }
+
+    /// An idle connection to `key`'s server that is still open.
+    fn checkout(&mut self, key: &UpstreamKey) -> Option<ServerIo> {
+        while let Some(at) = self.idle.iter().rposition(|i| i.key == *key) {
+            let mut idle = self.idle.swap_remove(at);
+            if idle.since.elapsed() < SERVER_MAX_IDLE && quiet(&mut idle.io) {
+                return Some(idle.io);
+            }
+        }
+        None
+    }
+
+    fn checkin(&mut self, key: UpstreamKey, io: ServerIo) {
+        if self.idle.len() >= MAX_IDLE_SERVERS {
+            self.idle.remove(0);
+        }
+        self.idle.push(Idle { key, io, since: Instant::now() });
+    }
+
+    /// Writes a response portier makes itself; with a request body left unread the
+    /// connection cannot carry another request, so it closes.
+    async fn reply(&mut self, facts: &Facts, status: u16, reason: &str, text: &str, close: bool) -> Next {
+        self.hs.metrics.generated(status);
+        self.out.clear();
+        let conn = if close { "Connection: close\r\n" } else { "" };
+        let head = format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\nContent-Length: {}\r\n{conn}\r\n",
+            text.len()
+        );
+        self.out.extend_from_slice(head.as_bytes());
+        self.out.extend_from_slice(text.as_bytes());
+        let ok = send(&mut *self.io, &self.out).await.is_ok();
+        self.finish(facts, status, None, (0, text.len() as u64), ok);
+        if close || !ok {
+            Next::Close
+        } else {
+            Next::KeepAlive
+        }
+    }
+
+    /// One request, its head in `buf`.
+    async fn exchange(&mut self) -> Next {
+        let hs = self.hs;
+        let svc = &hs.svc;
+        let started = std::time::Instant::now();
+        let framing = self.req.framing.unwrap_or(Framing::Empty);
+        let client_close = self.req.close;
+        let host = self
+            .req
+            .host
+            .clone()
+            .and_then(|r| std::str::from_utf8(&self.buf[r]).ok())
+            .filter(|h| !h.is_empty());
+        // httparse hands out the target as text.
+        let target = std::str::from_utf8(&self.buf[self.req.target.clone()]).unwrap_or("/");
+        let logged = (svc.config.access_log != AccessLog::Off).then(|| {
+            Box::new(Logged {
+                host: host.unwrap_or_default().to_string(),
+                method: String::from_utf8_lossy(&self.buf[self.req.method.clone()]).into_owned(),
+                path: target.to_string(),
+            })
+        });
+        let facts = Facts { started, logged };
+        let head_request = &self.buf[self.req.method.clone()] == b"HEAD";
+        let path = target.split('?').next().unwrap_or(target);
+        let routed = if svc.routes.is_empty() { None } else { route(&svc.routes, host, path) };
+        let pool = routed.unwrap_or_else(|| svc.default_pool()).clone();
+        let tls = if hs.upstream_tls.is_empty() { None } else { hs.upstream_tls.get(&pool.name) };
+        let source = match svc.config.source {
+            Source::Client => UpstreamSource::Client(self.client.ip()),
+            Source::Balancer => UpstreamSource::Kernel,
+            Source::Address(ip) => UpstreamSource::Fixed(ip),
+        };
+        let now = started;
+        let hint = super::forward::preferred(hs, &pool, || self.req.fields_named(&self.buf, b"cookie"), now);
+        let body_unread = framing != Framing::Empty;
+
+        // Choose and connect; nothing has been sent yet, so a failure may try another server.
+        let mut tried = [0usize; MAX_ATTEMPTS];
+        let mut attempts = 0;
+        let mut last_error = String::new();
+        let (i, server, key, mut up, reused, mut guard) = loop {
+            let chosen = if attempts < MAX_ATTEMPTS {
+                let c = svc.choose_in(&pool, self.client.ip(), hint, &tried[..attempts], now);
+                if c.is_none() {
+                    svc.metrics.no_server.inc();
+                }
+                c
+            } else {
+                None
+            };
+            let Some(i) = chosen else {
+                if attempts == 0 {
+                    if svc.no_server_log.allow() {
+                        tracing::warn!(service = %svc.config.name, pool = %pool.name, client = %self.client, "no server available: 503");
+                    }
+                    let text = format!("503 service unavailable: no server of pool {} is up\n", pool.name);
+                    return self.reply(&facts, 503, "Service Unavailable", &text, body_unread).await;
+                }
+                let text = format!(
+                    "502 bad gateway: no server of pool {} accepted the connection ({last_error})\n",
+                    pool.name
+                );
+                return self.reply(&facts, 502, "Bad Gateway", &text, body_unread).await;
+            };
+            let server = pool.servers[i].clone();
+            let key = UpstreamKey {
+                server: server.target(self.orig.port()),
+                source,
+                tls: tls.map_or(0, |t| t.id()),
+            };
+            let guard = ActiveGuard::new(server.clone());
+            if let Some(io) = self.checkout(&key) {
+                break (i, server, key, io, true, guard);
+            }
+            match open(&key, tls, svc.config.connect_timeout).await {
+                Ok(io) => break (i, server, key, io, false, guard),
+                Err(e) => {
+                    server.metrics.connect_errors.inc();
+                    tracing::warn!(service = %svc.config.name, client = %self.client, server = %server.label, "upstream failed, trying another server: {e}");
+                    last_error = e.to_string();
+                }
+            }
+            tried[attempts] = i;
+            attempts += 1;
+        };
+        guard.connected();
+
+        // The head, and what of the body has arrived, in one write.
+        self.out.clear();
+        self.req.write_request(&self.buf, &mut self.out);
+        if svc.config.source != Source::Client {
+            // The server cannot see the client: tell it, in the old and the standard field.
+            let ip = self.client.ip();
+            let for_ = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
+            let fields = format!(
+                "X-Forwarded-For: {ip}\r\nX-Forwarded-Proto: {scheme}\r\nForwarded: for={for_};proto={scheme}\r\n",
+                scheme = hs.scheme
+            );
+            self.out.extend_from_slice(fields.as_bytes());
+        }
+        self.out.extend_from_slice(b"\r\n");
+        self.buf.advance(self.req.len);
+        // The body is here whole (`read_body`).
+        let mut body = Body::new(framing);
+        let bytes_in = match body.take(&self.buf) {
+            Ok(n) if body.is_done() => {
+                self.out.extend_from_slice(&self.buf[..n]);
+                self.buf.advance(n);
+                n as u64
+            }
+            Ok(_) => return self.bad_body(&facts, ChunkError::LineEnd).await,
+            Err(e) => return self.bad_body(&facts, e).await,
+        };
+
+        // Sent whole in one write: if a reused connection had been closed by the server in
+        // the meantime (so it never saw the request), send it again on a fresh one.
+        let mut may_retry = reused;
+        let timeout = svc.config.response_timeout;
+        let answer = loop {
+            let r = match send(&mut up, &self.out).await {
+                Err(e) => Err(RespError::Io(e)),
+                Ok(()) => self.read_response(&mut up, Instant::now() + timeout, head_request).await,
+            };
+            match r {
+                Err(RespError::Eof | RespError::Io(_)) if may_retry => {
+                    may_retry = false;
+                    match open(&key, tls, svc.config.connect_timeout).await {
+                        Ok(io) => up = io,
+                        Err(e) => {
+                            server.metrics.connect_errors.inc();
+                            break Err(RespError::Io(std::io::Error::other(e.to_string())));
+                        }
+                    }
+                }
+                r => break r,
+            }
+        };
+        server.metrics.bytes_to_server.inc_by(bytes_in);
+        match answer {
+            Ok(()) => {}
+            Err(RespError::Client) => {
+                self.finish(&facts, 0, Some(&server), (bytes_in, 0), false);
+                return Next::Close;
+            }
+            Err(RespError::Timeout) => {
+                tracing::warn!(service = %svc.config.name, client = %self.client, server = %server.label, "no response within {timeout:?}");
+                let text = format!(
+                    "504 gateway timeout: server {} did not answer within {timeout:?}\n",
+                    server.label
+                );
+                return self.reply(&facts, 504, "Gateway Timeout", &text, true).await;
+            }
+            Err(e) => {
+                let why = match e {
+                    RespError::Eof => "connection closed before a response".to_string(),
+                    RespError::Io(e) => e.to_string(),
+                    _ => "invalid response head".to_string(),
+                };
+                tracing::warn!(service = %svc.config.name, client = %self.client, server = %server.label, "server response failed: {why}");
+                let text = format!("502 bad gateway: server {} failed: {why}\n", server.label);
+                return self.reply(&facts, 502, "Bad Gateway", &text, true).await;
+            }
+        }
+
+        // The response head, with portier's own fields.
+        let status = self.resp.status;
+        if let Some(Sticky::ServerCookie { name, table }) = &svc.sticky {
+            for v in self.resp.fields_named(&self.sbuf, b"set-cookie") {
+                if let Some(value) = set_cookie_value(v, name) {
+                    table.set(value.to_string(), server.config.address, std::time::Instant::now());
+                }
+            }
+        }
+        let rframing = self.resp.framing.unwrap_or(Framing::UntilClose);
+        let close = client_close || rframing == Framing::UntilClose;
+        self.out.clear();
+        self.resp.write_response(&self.sbuf, &mut self.out);
+        if let Some(Sticky::Cookie { name, expire }) = &svc.sticky {
+            // On every response, which also refreshes Max-Age (see forward.rs).
+            let secure = if hs.scheme == "https" { "; Secure" } else { "" };
+            let c = format!(
+                "Set-Cookie: {name}={}; Path=/; Max-Age={}; HttpOnly{secure}\r\n",
+                pool.cookie_value(i),
+                expire.as_secs()
+            );
+            self.out.extend_from_slice(c.as_bytes());
+        }
+        if close {
+            self.out.extend_from_slice(b"Connection: close\r\n");
+        }
+        self.out.extend_from_slice(b"\r\n");
+        self.sbuf.advance(self.resp.len);
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        if let Some(c) = hs.request_counters.get(&(Arc::as_ptr(&pool) as usize, i)) {
+            c[class].inc();
+        }
+
+        let mut rbody = Body::new(rframing);
+        let (bytes_out, complete) = self.download(&mut up, &mut rbody).await;
+        server.metrics.bytes_to_client.inc_by(bytes_out);
+        let reusable = complete && self.resp.reusable() && self.sbuf.is_empty();
+        drop(guard);
+        if reusable {
+            // This client connection's own: a server connection is never lent to another
+            // client connection (IIS ties NTLM/Negotiate logins to the connection).
+            self.checkin(key, up);
+        }
+        self.finish(&facts, status, Some(&server), (bytes_in, bytes_out), complete);
+        if !complete || close {
+            Next::Close
+        } else {
+            Next::KeepAlive
+        }
+    }
+
+    /// Reads a response head into `sbuf`; 1xx responses are passed to the client on the way.
+    async fn read_response(
+        &mut self,
+        up: &mut ServerIo,
+        deadline: Instant,
+        head_request: bool,
+    ) -> Result<(), RespError> {
+        self.sbuf.clear();
+        let mut checked = 0;
+        loop {
+            if !self.sbuf.is_empty() && head::may_be_complete(&self.sbuf, checked) {
+                match self.resp.parse_response(&self.sbuf, head_request) {
+                    Parsed::Done if (100..200).contains(&self.resp.status) => {
+                        if self.resp.status == 101 {
+                            return Err(RespError::Invalid);
+                        }
+                        let mut interim = Vec::new();
+                        self.resp.write_response(&self.sbuf, &mut interim);
+                        interim.extend_from_slice(b"\r\n");
+                        self.sbuf.advance(self.resp.len);
+                        if send(&mut *self.io, &interim).await.is_err() {
+                            return Err(RespError::Client);
+                        }
+                        checked = 0;
+                        continue;
+                    }
+                    Parsed::Done => return Ok(()),
+                    Parsed::Invalid => return Err(RespError::Invalid),
+                    Parsed::Partial => {}
+                }
+            }
+            checked = self.sbuf.len();
+            if self.sbuf.len() > super::MAX_HEAD {
+                return Err(RespError::Invalid);
+            }
+            self.sbuf.reserve(4096);
+            match tokio::time::timeout_at(deadline, up.read_buf(&mut self.sbuf)).await {
+                Err(_) => return Err(RespError::Timeout),
+                Ok(Ok(0)) if self.sbuf.is_empty() => return Err(RespError::Eof),
+                Ok(Ok(0)) => return Err(RespError::Invalid),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(RespError::Io(e)),
+            }
+        }
+    }
+
+    /// Sends the response head in `out` and its body to the client; (body bytes, whether
+    /// the whole response went through).
+    async fn download(&mut self, up: &mut ServerIo, body: &mut Body) -> (u64, bool) {
+        let mut sent = 0u64;
+        let n = match body.take(&self.sbuf[..self.sbuf.len().min(COALESCE)]) {
+            Ok(n) => n,
+            Err(_) => return (0, false),
+        };
+        self.out.extend_from_slice(&self.sbuf[..n]);
+        self.sbuf.advance(n);
+        sent += n as u64;
+        if send(&mut *self.io, &self.out).await.is_err() {
+            return (sent, false);
+        }
+        while !body.is_done() {
+            if self.sbuf.is_empty() {
+                self.sbuf.reserve(READ_SIZE);
+                match up.read_buf(&mut self.sbuf).await {
+                    Ok(0) if matches!(body, Body::UntilClose) => {
+                        *body = Body::Done;
+                        break;
+                    }
+                    Ok(0) | Err(_) => return (sent, false),
+                    Ok(_) => {}
+                }
+            }
+            let Ok(n) = body.take(&self.sbuf) else { return (sent, false) };
+            if send(&mut *self.io, &self.sbuf[..n]).await.is_err() {
+                return (sent, false);
+            }
+            self.sbuf.advance(n);
+            sent += n as u64;
+        }
+        (sent, true)
+    }
+
+    /// The client's body framing is broken: nothing sensible can follow on this connection.
+    async fn bad_body(&mut self, facts: &Facts, e: ChunkError) -> Next {
+        self.hs.metrics.connection_errors.inc();
+        tracing::debug!(service = %self.hs.svc.config.name, client = %self.client, "bad request body: {e}");
+        self.reply(facts, 400, "Bad Request", &format!("400 bad request: {e}\n"), true).await
+    }
+
+    /// Metrics and the access log line of one exchange.
+    fn finish(
+        &self,
+        facts: &Facts,
+        status: u16,
+        server: Option<&Arc<Server>>,
+        bytes: (u64, u64),
+        complete: bool,
+    ) {
+        let duration = facts.started.elapsed();
+        self.hs.metrics.duration.observe(duration.as_secs_f64());
+        let Some(logged) = &facts.logged else { return };
+        let rec = AccessRecord {
+            service: &self.hs.svc.config.name,
+            client: self.client.0,
+            host: &logged.host,
+            method: &logged.method,
+            path: &logged.path,
+            status,
+            bytes_in: bytes.0,
+            bytes_out: bytes.1,
+            server: server.map(|s| s.label.as_str()).unwrap_or("-"),
+            duration,
+            complete,
+        };
+        if let Some(line) = format(&rec, self.hs.svc.config.access_log) {
+            tracing::info!(target: "portier::access", "{line}");
+        }
+    }
+}
+
+struct Facts {
+    started: std::time::Instant,
+    /// Host, method and path, copied only when the access log is on.
+    logged: Option<Box<Logged>>,
+}
+
+struct Logged {
+    host: String,
+    method: String,
+    path: String,
+}
+
+/// Writes `data` whole and flushes: a TLS stream may otherwise keep the last record.
+async fn send<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> std::io::Result<()> {
+    w.write_all(data).await?;
+    w.flush().await
+}
+
+/// Whether an idle server connection has nothing to say (no close, no stray bytes): polled
+/// once with a no-op waker, Pending means quiet. On a plain socket whose readiness tokio
+/// already cleared this costs no system call.
+fn quiet(io: &mut ServerIo) -> bool {
+    let mut byte = [0u8; 1];
+    let mut rb = tokio::io::ReadBuf::new(&mut byte);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    std::pin::Pin::new(io).poll_read(&mut cx, &mut rb).is_pending()
+}
