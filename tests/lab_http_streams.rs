@@ -838,14 +838,31 @@ fn timeouts_and_dead_servers_give_504_503_502_and_connect_failures_retry() {
     h.wait_metrics(Duration::from_secs(5), "pool dead down", |m| {
         metric(m, "portier_backend_up", &["pool=\"dead\""]) == 0.0
     });
-    let r = h.client(c4(0), 81).get("/hello");
+    // Twice on one keep-alive connection, the second with a body: each request is answered
+    // once and leaves the connection ready for the next (no stale answer, no replay).
+    let mut down = h.client(c4(0), 81);
+    let r = down.get("/hello");
     assert_eq!(r.head.status, 503, "{r:?}");
     assert!(r.text().contains("no server of pool dead is up"), "{}", r.text());
+    down.send(b"POST /upload HTTP/1.1\r\nHost: 198.19.0.10\r\nContent-Length: 5\r\n\r\nhello");
+    assert_eq!(down.response().head.status, 503);
 
     // 502: no check, both servers refuse.
-    let r = h.client(c4(0), 82).get("/hello");
+    let mut refused = h.client(c4(0), 82);
+    let r = refused.get("/hello");
     assert_eq!(r.head.status, 502, "{r:?}");
     assert!(r.text().contains("refused") || r.text().contains("accepted"), "{}", r.text());
+    assert_eq!(refused.get("/hello").head.status, 502);
+    std::thread::sleep(Duration::from_millis(300));
+    let m = h.metrics();
+    let generated = |svc: &str, code: &str| {
+        metric(
+            &m,
+            "portier_http_responses_generated_total",
+            &[&format!("service=\"{svc}\""), &format!("status=\"{code}\"")],
+        )
+    };
+    assert_eq!((generated("down", "503"), generated("refused", "502")), (2.0, 2.0), "{m}");
 
     // One server refuses, the other answers: every request succeeds.
     for _ in 0..4 {
@@ -1159,6 +1176,21 @@ fn pipelined_requests_small_chunked_uploads_and_connection_close_on_the_fast_pat
     assert!(three.body == expected, "the download was altered");
     assert_eq!(three.head.get("connection").map(str::to_ascii_lowercase).as_deref(), Some("close"));
     c.wait_closed(Duration::from_secs(3)).expect("closed after Connection: close");
+    // `Connection: content-length` must not strip the length of a body still forwarded (the
+    // server would run the body as a second request, unrouted).
+    let mut c = h.client(c4(0), 80);
+    let smuggled = "GET /hello HTTP/1.1\r\nHost: mail.example.test\r\n\r\n";
+    c.send(
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\nContent-Length: {}\r\n\r\n{smuggled}",
+            smuggled.len()
+        )
+        .as_bytes(),
+    );
+    let r = c.response();
+    assert!(r.text().starts_with(&format!("bytes={} ", smuggled.len())), "{}", r.text());
+    let next = c.get("/download?bytes=10");
+    assert_eq!(next.body.len(), 10, "a second, smuggled answer came back: {next:?}");
     // A broken chunked body: 400 and the connection closes.
     let mut bad = h.client(c4(0), 80);
     bad.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\n");

@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = h.parse_response(data, data.first() == Some(&b'H'));
     if h.parse_request(data) == Parsed::Done && !h.unusual {
         let mut out = Vec::new();
-        h.write_request(data, &mut out);
+        h.write_request(data, &mut out, &[]);
         out.extend_from_slice(b"\r\n");
         let mut again = Head::default();
         assert_eq!(again.parse_request(&out), Parsed::Done);

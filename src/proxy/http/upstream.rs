@@ -71,9 +71,7 @@ impl UpstreamPool {
         let mut map = self.idle.lock().expect("upstream pool poisoned");
         let (_, list) = map.iter_mut().find(|(k, _)| k == key)?;
         while let Some(idle) = list.pop() {
-            // Not `is_ready()`: a connection adopted from the fast path is ready only once
-            // its driver polled it; the caller awaits `ready()`, which fails if it closed.
-            if idle.since.elapsed() < MAX_IDLE && !idle.sender.is_closed() {
+            if idle.since.elapsed() < MAX_IDLE && idle.sender.is_ready() && !idle.sender.is_closed() {
                 return Some(idle.sender);
             }
         }
@@ -276,12 +274,22 @@ pub async fn adopt(
     io: ServerIo,
     driver: &tokio::sync::mpsc::UnboundedSender<ConnFuture>,
 ) -> Result<SendRequest<RequestBody>, hyper::Error> {
-    let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
-    drive(
-        driver,
-        Box::pin(async move {
-            let _ = conn.with_upgrades().await;
-        }),
-    );
+    let (mut sender, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
+    let mut conn: ConnFuture = Box::pin(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    // Polled here until the sender is ready (no I/O is waited for: the dispatcher only
+    // registers its interest), so a pooled connection reads as ready to `checkout`.
+    let mut ended = false;
+    std::future::poll_fn(|cx| {
+        if !ended && conn.as_mut().poll(cx).is_ready() {
+            ended = true;
+        }
+        sender.poll_ready(cx)
+    })
+    .await?;
+    if !ended {
+        drive(driver, conn);
+    }
     Ok(sender)
 }

@@ -39,6 +39,9 @@ pub struct Head {
     pub host: Option<Range<usize>>,
     /// Something the fast path leaves to hyper: Upgrade, Expect, an unusual framing.
     pub unusual: bool,
+    /// A `Transfer-Encoding: chunked` field was there (written back even where the message
+    /// has no body: a HEAD response describes the GET's).
+    te_chunked: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -66,6 +69,9 @@ pub fn may_be_complete(buf: &[u8], from: usize) -> bool {
     buf[start..].windows(2).any(|w| w == b"\n\n" || w == b"\n\r")
 }
 
+/// Fields a `Connection:` listing cannot remove.
+const FRAMING: [&[u8]; 3] = [b"content-length", b"transfer-encoding", b"host"];
+
 const HOP_BY_HOP: [&[u8]; 7] =
     [b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade", b"transfer-encoding"];
 
@@ -83,6 +89,7 @@ impl Head {
         self.keep_alive = false;
         self.host = None;
         self.unusual = false;
+        self.te_chunked = false;
     }
 
     /// Parses a request head at the start of `buf`.
@@ -159,7 +166,9 @@ impl Head {
                 }
             } else if n.eq_ignore_ascii_case(b"transfer-encoding") {
                 codings += 1;
-                if !v.eq_ignore_ascii_case(b"chunked") {
+                if v.eq_ignore_ascii_case(b"chunked") {
+                    self.te_chunked = true;
+                } else {
                     self.unusual = true;
                 }
             } else if n.eq_ignore_ascii_case(b"connection") {
@@ -171,7 +180,9 @@ impl Head {
                         self.keep_alive = true;
                     } else if t.eq_ignore_ascii_case(b"upgrade") {
                         self.unusual = true;
-                    } else if !t.is_empty() {
+                    } else if !t.is_empty() && !FRAMING.iter().any(|f| t.eq_ignore_ascii_case(f)) {
+                        // Never the framing or the host: `Connection: content-length` must
+                        // not strip the length of a body that is still forwarded.
                         self.listed.push(range(buf, t));
                     }
                 }
@@ -224,12 +235,13 @@ impl Head {
     /// Appends the request line (always HTTP/1.1) and every end-to-end field to `out`;
     /// `Transfer-Encoding: chunked` is written back as the body passes through as it came.
     /// The caller adds its own fields and the blank line.
-    pub fn write_request(&self, buf: &[u8], out: &mut Vec<u8>) {
+    /// `drop` names more fields to leave out (the ones portier sets itself).
+    pub fn write_request(&self, buf: &[u8], out: &mut Vec<u8>, drop: &[&[u8]]) {
         out.extend_from_slice(&buf[self.method.clone()]);
         out.push(b' ');
         out.extend_from_slice(&buf[self.target.clone()]);
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        self.write_fields(buf, out);
+        self.write_fields(buf, out, drop);
     }
 
     /// Appends the status line (HTTP/1.1) and the end-to-end fields of a response.
@@ -239,13 +251,13 @@ impl Head {
         out.push(b' ');
         out.extend_from_slice(&buf[self.target.clone()]);
         out.extend_from_slice(b"\r\n");
-        self.write_fields(buf, out);
+        self.write_fields(buf, out, &[]);
     }
 
-    fn write_fields(&self, buf: &[u8], out: &mut Vec<u8>) {
+    fn write_fields(&self, buf: &[u8], out: &mut Vec<u8>, drop: &[&[u8]]) {
         for (name, value) in &self.fields {
             let n = &buf[name.clone()];
-            if self.hop_by_hop(buf, n) {
+            if self.hop_by_hop(buf, n) || drop.iter().any(|d| n.eq_ignore_ascii_case(d)) {
                 continue;
             }
             out.extend_from_slice(n);
@@ -253,7 +265,7 @@ impl Head {
             out.extend_from_slice(&buf[value.clone()]);
             out.extend_from_slice(b"\r\n");
         }
-        if self.framing == Some(Framing::Chunked) {
+        if self.te_chunked {
             out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
         }
     }
@@ -290,7 +302,7 @@ mod tests {
         assert_eq!(h.framing, Some(Framing::Empty));
         assert_eq!(&b[h.host.clone().unwrap()], b"mail.example.test");
         let mut out = Vec::new();
-        h.write_request(&b, &mut out);
+        h.write_request(&b, &mut out, &[]);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET /owa/?a=1 HTTP/1.1\r\nHost: mail.example.test\r\nAccept: */*\r\n"
@@ -304,7 +316,7 @@ mod tests {
         assert_eq!(h.framing, Some(Framing::Chunked));
         assert!(!h.unusual);
         let mut out = Vec::new();
-        h.write_request(&b, &mut out);
+        h.write_request(&b, &mut out, &[]);
         assert!(String::from_utf8(out).unwrap().ends_with("\r\nTransfer-Encoding: chunked\r\n"));
         // Left to hyper: smuggling shapes, upgrades, Expect, HTTP/1.0, absolute form.
         for unusual in [
@@ -325,6 +337,27 @@ mod tests {
         // The same length twice is one length.
         let (h, _) = req("POST / HTTP/1.1\r\nContent-Length: 3\r\ncontent-length: 3\r\n\r\n");
         assert_eq!((h.framing, h.unusual), (Some(Framing::Length(3)), false));
+    }
+
+    #[test]
+    fn connection_cannot_list_away_the_framing() {
+        let (h, b) = req("POST / HTTP/1.1\r\nHost: a\r\nConnection: content-length, host, transfer-encoding\r\nContent-Length: 3\r\n\r\n");
+        assert_eq!(h.framing, Some(Framing::Length(3)));
+        let mut out = Vec::new();
+        h.write_request(&b, &mut out, &[b"x-forwarded-proto"]);
+        assert_eq!(String::from_utf8(out).unwrap(), "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n");
+        let (h, b) = req("GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: https\r\n\r\n");
+        let mut out = Vec::new();
+        h.write_request(&b, &mut out, &[b"x-forwarded-proto"]);
+        assert_eq!(String::from_utf8(out).unwrap(), "GET / HTTP/1.1\r\nHost: a\r\n");
+        // A HEAD response keeps the GET's chunked field although it has no body.
+        let mut r = Head::default();
+        let text = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(r.parse_response(text, true), Parsed::Done);
+        assert_eq!(r.framing, Some(Framing::Empty));
+        let mut out = Vec::new();
+        r.write_response(text, &mut out);
+        assert_eq!(out, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n");
     }
 
     #[test]
@@ -395,7 +428,7 @@ mod tests {
             let _ = h.parse_response(&data, false);
             if h.parse_request(&data) == Parsed::Done && !h.unusual {
                 let mut out = Vec::new();
-                h.write_request(&data, &mut out);
+                h.write_request(&data, &mut out, &[]);
                 out.extend_from_slice(b"\r\n");
                 let mut again = Head::default();
                 proptest::prop_assert_eq!(again.parse_request(&out), Parsed::Done);
@@ -424,7 +457,7 @@ mod tests {
             proptest::prop_assert_eq!(h.len, text.len());
             proptest::prop_assert_eq!(h.framing, Some(len.map_or(Framing::Empty, Framing::Length)));
             let mut out = Vec::new();
-            h.write_request(text.as_bytes(), &mut out);
+            h.write_request(text.as_bytes(), &mut out, &[]);
             out.extend_from_slice(b"\r\n");
             proptest::prop_assert_eq!(out, text.as_bytes());
         }

@@ -139,6 +139,10 @@ struct Conn<'a, IO> {
     sbuf: BytesMut,
     out: Vec<u8>,
     req: Head,
+    /// Bytes of the current request (head and body) at the start of `buf`.
+    pending: usize,
+    /// The request's chunked framing was broken (answered 400).
+    bad_framing: Option<ChunkError>,
     resp: Head,
     idle: Vec<Idle>,
 }
@@ -163,6 +167,8 @@ where
         sbuf: BytesMut::new(),
         out: Vec::new(),
         req: Head::default(),
+        pending: 0,
+        bad_framing: None,
         resp: Head::default(),
         idle: Vec::new(),
     };
@@ -190,6 +196,9 @@ where
         }
         if c.sbuf.capacity() > 2 * READ_SIZE {
             c.sbuf = BytesMut::new();
+        }
+        if c.out.capacity() > 2 * READ_SIZE {
+            c.out = Vec::new();
         }
     }
 }
@@ -264,23 +273,32 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
         let start = self.req.len;
         let framing = self.req.framing.unwrap_or(Framing::Empty);
         let idle = self.hs.svc.config.idle_timeout;
+        // Fed only what arrived since the last read.
+        let mut chunked = Chunked::default();
+        let mut scanned = 0;
         loop {
-            let have = &self.buf[start..];
-            let complete = match framing {
-                Framing::Empty => true,
+            let have = self.buf.len() - start;
+            let body = match framing {
+                Framing::Empty => Some(0),
                 Framing::Length(n) if n > MAX_BUFFERED as u64 => return HeadRead::Handoff,
-                Framing::Length(n) => have.len() as u64 >= n,
-                Framing::Chunked => {
-                    let mut c = Chunked::default();
-                    // Broken framing: the exchange answers 400.
-                    c.feed(have).map_or(true, |_| c.is_done())
-                }
+                Framing::Length(n) => (have as u64 >= n).then_some(n as usize),
+                Framing::Chunked => match chunked.feed(&self.buf[start + scanned..]) {
+                    Ok(k) => {
+                        scanned += k;
+                        chunked.is_done().then_some(scanned)
+                    }
+                    Err(e) => {
+                        self.bad_framing = Some(e);
+                        Some(0)
+                    }
+                },
                 Framing::UntilClose => return HeadRead::Handoff,
             };
-            if complete {
+            if let Some(n) = body {
+                self.pending = start + n;
                 return HeadRead::Ready;
             }
-            if have.len() > MAX_BUFFERED {
+            if have > MAX_BUFFERED {
                 return HeadRead::Handoff;
             }
             self.buf.reserve(READ_SIZE);
@@ -316,6 +334,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
     /// connection cannot carry another request, so it closes.
     async fn reply(&mut self, facts: &Facts, status: u16, reason: &str, text: &str, close: bool) -> Next {
         self.hs.metrics.generated(status);
+        // The request is answered: it leaves the buffer whole (its body was read whole).
+        self.buf.advance(self.pending);
+        self.pending = 0;
         self.out.clear();
         let conn = if close { "Connection: close\r\n" } else { "" };
         let head = format!(
@@ -338,7 +359,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
         let hs = self.hs;
         let svc = &hs.svc;
         let started = std::time::Instant::now();
-        let framing = self.req.framing.unwrap_or(Framing::Empty);
         let client_close = self.req.close;
         let host = self
             .req
@@ -356,7 +376,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
             })
         });
         let facts = Facts { started, logged };
-        let head_request = &self.buf[self.req.method.clone()] == b"HEAD";
+        if let Some(e) = self.bad_framing.take() {
+            return self.bad_body(&facts, e).await;
+        }
+        let method = &self.buf[self.req.method.clone()];
+        let head_request = method == b"HEAD";
+        let idempotent = matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE" | b"TRACE");
         let path = target.split('?').next().unwrap_or(target);
         let routed = if svc.routes.is_empty() { None } else { route(&svc.routes, host, path) };
         let pool = routed.unwrap_or_else(|| svc.default_pool()).clone();
@@ -368,7 +393,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
         };
         let now = started;
         let hint = super::forward::preferred(hs, &pool, || self.req.fields_named(&self.buf, b"cookie"), now);
-        let body_unread = framing != Framing::Empty;
 
         // Choose and connect; nothing has been sent yet, so a failure may try another server.
         let mut tried = [0usize; MAX_ATTEMPTS];
@@ -390,13 +414,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
                         tracing::warn!(service = %svc.config.name, pool = %pool.name, client = %self.client, "no server available: 503");
                     }
                     let text = format!("503 service unavailable: no server of pool {} is up\n", pool.name);
-                    return self.reply(&facts, 503, "Service Unavailable", &text, body_unread).await;
+                    return self.reply(&facts, 503, "Service Unavailable", &text, false).await;
                 }
                 let text = format!(
                     "502 bad gateway: no server of pool {} accepted the connection ({last_error})\n",
                     pool.name
                 );
-                return self.reply(&facts, 502, "Bad Gateway", &text, body_unread).await;
+                return self.reply(&facts, 502, "Bad Gateway", &text, false).await;
             };
             let server = pool.servers[i].clone();
             let key = UpstreamKey {
@@ -421,10 +445,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
         };
         guard.connected();
 
-        // The head, and what of the body has arrived, in one write.
+        // The head and the body (read whole by `read_body`) in one write.
         self.out.clear();
-        self.req.write_request(&self.buf, &mut self.out);
-        if svc.config.source != Source::Client {
+        let snat = svc.config.source != Source::Client;
+        // Behind SNAT portier says which scheme the client used; a client's own claim goes.
+        let own: &[&[u8]] = if snat { &[b"x-forwarded-proto"] } else { &[] };
+        self.req.write_request(&self.buf, &mut self.out, own);
+        if snat {
             // The server cannot see the client: tell it, in the old and the standard field.
             let ip = self.client.ip();
             let for_ = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
@@ -435,22 +462,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
             self.out.extend_from_slice(fields.as_bytes());
         }
         self.out.extend_from_slice(b"\r\n");
-        self.buf.advance(self.req.len);
-        // The body is here whole (`read_body`).
-        let mut body = Body::new(framing);
-        let bytes_in = match body.take(&self.buf) {
-            Ok(n) if body.is_done() => {
-                self.out.extend_from_slice(&self.buf[..n]);
-                self.buf.advance(n);
-                n as u64
-            }
-            Ok(_) => return self.bad_body(&facts, ChunkError::LineEnd).await,
-            Err(e) => return self.bad_body(&facts, e).await,
-        };
+        self.out.extend_from_slice(&self.buf[self.req.len..self.pending]);
+        let bytes_in = (self.pending - self.req.len) as u64;
+        self.buf.advance(self.pending);
+        self.pending = 0;
 
         // Sent whole in one write: if a reused connection had been closed by the server in
-        // the meantime (so it never saw the request), send it again on a fresh one.
-        let mut may_retry = reused;
+        // the meantime (so it never saw the request), an idempotent request goes again on a
+        // fresh one (RFC 9110 9.2.2); any other gets 502, as it may have run.
+        let mut may_retry = reused && idempotent;
         let timeout = svc.config.response_timeout;
         let answer = loop {
             let r = match send(&mut up, &self.out).await {
