@@ -151,12 +151,13 @@ struct Row {
 
 const H: Target = Target::Haproxy;
 
-const ROWS: [Row; 16] = [
+const ROWS: [Row; 18] = [
     Row { id: "l4-1", label: "L4 TCP 1 stream, Gbit/s", higher_better: true, reference: H },
     Row { id: "l4-8", label: "L4 TCP 8 streams, Gbit/s", higher_better: true, reference: H },
     Row { id: "http.rps", label: "HTTP keep-alive, req/s", higher_better: true, reference: H },
     Row { id: "http.p50", label: "HTTP keep-alive p50, ms", higher_better: false, reference: H },
     Row { id: "http.p99", label: "HTTP keep-alive p99, ms", higher_better: false, reference: H },
+    Row { id: "http.cpu", label: "HTTP keep-alive proxy CPU per request, µs", higher_better: false, reference: H },
     Row { id: "close.rps", label: "HTTP 1 req/conn, req/s", higher_better: true, reference: H },
     Row { id: "https.rps", label: "HTTPS keep-alive, req/s", higher_better: true, reference: H },
     Row { id: "https.p99", label: "HTTPS keep-alive p99, ms", higher_better: false, reference: H },
@@ -167,6 +168,12 @@ const ROWS: [Row; 16] = [
         reference: H,
     },
     Row { id: "handshake", label: "new TLS handshakes/s (s_time -new)", higher_better: true, reference: H },
+    Row {
+        id: "handshake.cpu",
+        label: "proxy CPU per new TLS handshake, µs",
+        higher_better: false,
+        reference: H,
+    },
     Row { id: "rss.idle", label: "RSS idle, MiB", higher_better: false, reference: H },
     Row { id: "rss.hold", label: "RSS with HOLD idle conns, MiB", higher_better: false, reference: H },
     Row {
@@ -376,7 +383,7 @@ fn run_web(k: &Knobs, lab: &Lab, tmp: &Path, exe: &Path, res: &mut Results) -> i
     // One round each by default: the limit is a reference, not a ratio (BENCH_DIRECT_ROUNDS).
     for s in SCENARIOS.iter().copied().filter(|s| s.enabled(&k.only)) {
         for round in 0..k.direct_rounds {
-            run_one(&lab.client, res, k, 0, round, s, Target::Direct);
+            run_one(&lab.client, res, k, 0, round, s, Target::Direct, None);
         }
     }
     for &n in &k.threads {
@@ -440,7 +447,11 @@ fn run_web(k: &Knobs, lab: &Lab, tmp: &Path, exe: &Path, res: &mut Results) -> i
         for s in SCENARIOS.iter().copied().filter(|s| s.enabled(&k.only)) {
             for round in 0..k.rounds {
                 for t in [Target::Portier, Target::Haproxy] {
-                    run_one(&lab.client, res, k, n, round, s, t);
+                    let pid = match t {
+                        Target::Portier => portier.pid(),
+                        _ => Some(haproxy.pid()),
+                    };
+                    run_one(&lab.client, res, k, n, round, s, t, pid);
                 }
             }
             if s == (Scenario::Http { tls: true, close: true }) || s == Scenario::NewTls {
@@ -457,12 +468,39 @@ fn run_web(k: &Knobs, lab: &Lab, tmp: &Path, exe: &Path, res: &mut Results) -> i
     Ok(())
 }
 
-fn run_one(client: &Netns, res: &mut Results, k: &Knobs, n: usize, round: usize, s: Scenario, t: Target) {
+/// One measurement; with the proxy's `pid`, also its CPU time per request or handshake (the
+/// client tools share the CPUs, so a rate alone understates a proxy that needs less).
+#[allow(clippy::too_many_arguments)]
+fn run_one(
+    client: &Netns,
+    res: &mut Results,
+    k: &Knobs,
+    n: usize,
+    round: usize,
+    s: Scenario,
+    t: Target,
+    pid: Option<u32>,
+) {
     let label = if t == Target::Direct { String::new() } else { format!("N={n} ") };
+    let cpu0 = pid.map(|p| cpu_secs(&[p]));
     match measure(client, s, t, k.secs) {
         Ok(m) => {
-            eprintln!("  {label}round {}/{} {} {}: {}", round + 1, k.rounds, s.key(), t.name(), m.show());
+            let cpu = cpu0.zip(pid).map(|(c0, p)| cpu_secs(&[p]) - c0);
+            let per = match (&m, cpu, s) {
+                (Measure::Wrk(w), Some(c), Scenario::Http { tls: false, close: false }) if w.rps > 0.0 => {
+                    Some(("http.cpu", c / (w.rps * k.secs as f64) * 1e6))
+                }
+                (Measure::Rate(r), Some(c), Scenario::NewTls) if *r > 0.0 => {
+                    Some(("handshake.cpu", c / (r * k.secs as f64) * 1e6))
+                }
+                _ => None,
+            };
+            let shown = per.map(|(_, us)| format!(", proxy CPU {us:.1} µs each")).unwrap_or_default();
+            eprintln!("  {label}round {}/{} {} {}: {}{shown}", round + 1, k.rounds, s.key(), t.name(), m.show());
             m.record(res, n, s, t);
+            if let Some((id, us)) = per {
+                res.push(n, id, t, us);
+            }
         }
         Err(e) => {
             eprintln!("  {label}round {} {} {}: FAILED {e}", round + 1, s.key(), t.name());
@@ -831,6 +869,20 @@ impl Drop for Proc {
             }
         }
     }
+}
+
+/// utime + stime of these processes (all their threads), in seconds.
+fn cpu_secs(pids: &[u32]) -> f64 {
+    let tck = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    pids.iter()
+        .filter_map(|pid| {
+            let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let f: Vec<&str> = st.rsplit(')').next()?.split_whitespace().collect();
+            // After "pid (comm)": state is field 0, utime 11, stime 12.
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum::<u64>() as f64
+        / tck
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -1625,20 +1677,6 @@ mod sip {
         let mut v: Vec<(String, u64)> = counts.into_iter().collect();
         v.sort_by_key(|e| std::cmp::Reverse(e.1));
         Some(v.iter().map(|(w, n)| format!("{n} x {w}")).collect::<Vec<_>>().join(", "))
-    }
-
-    /// utime + stime of these processes (all their threads), in seconds.
-    fn cpu_secs(pids: &[u32]) -> f64 {
-        let tck = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
-        pids.iter()
-            .filter_map(|pid| {
-                let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-                let f: Vec<&str> = st.rsplit(')').next()?.split_whitespace().collect();
-                // After "pid (comm)": state is field 0, utime 11, stime 12.
-                Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-            })
-            .sum::<u64>() as f64
-            / tck
     }
 
     /// sipp's `-trace_stat` file: `;`-separated, a header line, one line per second and a last
