@@ -151,14 +151,25 @@ struct Row {
 
 const H: Target = Target::Haproxy;
 
-const ROWS: [Row; 18] = [
+const ROWS: [Row; 19] = [
     Row { id: "l4-1", label: "L4 TCP 1 stream, Gbit/s", higher_better: true, reference: H },
     Row { id: "l4-8", label: "L4 TCP 8 streams, Gbit/s", higher_better: true, reference: H },
     Row { id: "http.rps", label: "HTTP keep-alive, req/s", higher_better: true, reference: H },
     Row { id: "http.p50", label: "HTTP keep-alive p50, ms", higher_better: false, reference: H },
     Row { id: "http.p99", label: "HTTP keep-alive p99, ms", higher_better: false, reference: H },
-    Row { id: "http.cpu", label: "HTTP keep-alive proxy CPU per request, µs", higher_better: false, reference: H },
+    Row {
+        id: "http.cpu",
+        label: "HTTP keep-alive proxy CPU per request, µs",
+        higher_better: false,
+        reference: H,
+    },
     Row { id: "close.rps", label: "HTTP 1 req/conn, req/s", higher_better: true, reference: H },
+    Row {
+        id: "close.cpu",
+        label: "HTTP 1 req/conn proxy CPU per request, µs",
+        higher_better: false,
+        reference: H,
+    },
     Row { id: "https.rps", label: "HTTPS keep-alive, req/s", higher_better: true, reference: H },
     Row { id: "https.p99", label: "HTTPS keep-alive p99, ms", higher_better: false, reference: H },
     Row {
@@ -487,8 +498,8 @@ fn run_one(
         Ok(m) => {
             let cpu = cpu0.zip(pid).map(|(c0, p)| cpu_secs(&[p]) - c0);
             let per = match (&m, cpu, s) {
-                (Measure::Wrk(w), Some(c), Scenario::Http { tls: false, close: false }) if w.rps > 0.0 => {
-                    Some(("http.cpu", c / (w.rps * k.secs as f64) * 1e6))
+                (Measure::Wrk(w), Some(c), Scenario::Http { tls: false, close }) if w.rps > 0.0 => {
+                    Some((if close { "close.cpu" } else { "http.cpu" }, c / (w.rps * k.secs as f64) * 1e6))
                 }
                 (Measure::Rate(r), Some(c), Scenario::NewTls) if *r > 0.0 => {
                     Some(("handshake.cpu", c / (r * k.secs as f64) * 1e6))
@@ -496,7 +507,14 @@ fn run_one(
                 _ => None,
             };
             let shown = per.map(|(_, us)| format!(", proxy CPU {us:.1} µs each")).unwrap_or_default();
-            eprintln!("  {label}round {}/{} {} {}: {}{shown}", round + 1, k.rounds, s.key(), t.name(), m.show());
+            eprintln!(
+                "  {label}round {}/{} {} {}: {}{shown}",
+                round + 1,
+                k.rounds,
+                s.key(),
+                t.name(),
+                m.show()
+            );
             m.record(res, n, s, t);
             if let Some((id, us)) = per {
                 res.push(n, id, t, us);

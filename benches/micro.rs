@@ -1,6 +1,6 @@
 //! Criterion micro-benchmarks of the per-message and per-connection hot spots:
-//! the SIP parser and serialiser, the dial-plan matcher, digest verification and the
-//! balancing choice. `cargo bench --bench micro` (add a filter, e.g. `-- sip/parse`).
+//! the SIP parser and serialiser, the dial-plan matcher, digest verification, the
+//! balancing choice and the HTTP/1.1 fast path's head handling. `cargo bench --bench micro` (add a filter, e.g. `-- sip/parse`).
 //! Results are recorded in docs/PERFORMANCE.md ("Micro-benchmarks"), never asserted.
 
 use std::hint::black_box;
@@ -11,6 +11,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use portier::balance::{algorithm, Pool};
 use portier::config::{Balance, PoolConfig, ServerConfig};
 use portier::metrics::Metrics;
+use portier::proxy::http::h1::head::{Head, Parsed};
 use portier::sip::dialplan::{DialPlan, Pattern, Rule, Target};
 use portier::sip::digest::{self, Algorithm, DigestServer, Verdict};
 use portier::sip::parse_datagram;
@@ -239,10 +240,52 @@ fn balance(c: &mut Criterion) {
     g.finish();
 }
 
+/// A browser's GET to OWA (about 600 bytes, 12 fields) and IIS's answer head.
+const OWA_GET: &[u8] = b"GET /owa/service.svc?action=GetFolder&ID=-1 HTTP/1.1\r\n\
+Host: mail.example.test\r\n\
+User-Agent: Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36\r\n\
+Accept: */*\r\n\
+Accept-Encoding: gzip, deflate, br\r\n\
+Accept-Language: en-US,en;q=0.9\r\n\
+Connection: keep-alive\r\n\
+Cookie: X-OWA-CANARY=abcdef0123456789abcdef0123456789; PORTIER=3; ClientId=0123456789ABCDEF\r\n\
+X-Requested-With: XMLHttpRequest\r\n\
+X-OWA-ActionName: GetFolderAction\r\n\
+Referer: https://mail.example.test/owa/\r\n\
+Content-Length: 0\r\n\r\n";
+const IIS_OK: &[u8] = b"HTTP/1.1 200 OK\r\nCache-Control: private\r\nContent-Type: application/json; charset=utf-8\r\n\
+Server: Microsoft-IIS/7.5\r\nX-AspNet-Version: 4.0.30319\r\nX-Powered-By: ASP.NET\r\n\
+Date: Thu, 26 Nov 2026 10:00:00 GMT\r\nContent-Length: 512\r\n\r\n";
+
+/// What the fast path does with every head: parse into ranges, write back without the
+/// hop-by-hop fields (`proxy::http::h1::head`).
+fn http1(c: &mut Criterion) {
+    let mut g = c.benchmark_group("http1");
+    let mut head = Head::default();
+    let mut out = Vec::with_capacity(1024);
+    g.bench_function("request/parse+write", |b| {
+        b.iter(|| {
+            assert_eq!(head.parse_request(black_box(OWA_GET)), Parsed::Done);
+            out.clear();
+            head.write_request(OWA_GET, &mut out, &[]);
+            black_box(out.len())
+        })
+    });
+    g.bench_function("response/parse+write", |b| {
+        b.iter(|| {
+            assert_eq!(head.parse_response(black_box(IIS_OK), false), Parsed::Done);
+            out.clear();
+            head.write_response(IIS_OK, &mut out);
+            black_box(out.len())
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = micro;
     // Short windows: the machine is shared; the numbers are for relative comparisons.
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = sip, dialplan, digest_auth, balance
+    targets = sip, dialplan, digest_auth, balance, http1
 }
 criterion_main!(micro);
