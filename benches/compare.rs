@@ -1038,6 +1038,9 @@ fn haproxy_cfg(certs: &Certs, n: usize, sock: &Path) -> String {
         r#"global
     nbthread {n}
     maxconn 8000
+    # Splicing takes pipes (two descriptors each, default maxconn/4 of them): within the
+    # 20,000 descriptors a process may hold here.
+    maxpipes 1000
     ssl-server-verify none
     stats socket {sock} mode 600 level user
 
@@ -1049,10 +1052,13 @@ defaults
 
 frontend tcp
     mode tcp
+    # Like portier's relay: splice(2) where it pays (HAProxy's default is not to).
+    option splice-auto
     bind 127.0.0.1:{tcp} transparent
     default_backend iperf
 backend iperf
     mode tcp
+    option splice-auto
     source 0.0.0.0 usesrc clientip
     server b0 {b}:5201
 

@@ -253,7 +253,8 @@ X-Requested-With: XMLHttpRequest\r\n\
 X-OWA-ActionName: GetFolderAction\r\n\
 Referer: https://mail.example.test/owa/\r\n\
 Content-Length: 0\r\n\r\n";
-const IIS_OK: &[u8] = b"HTTP/1.1 200 OK\r\nCache-Control: private\r\nContent-Type: application/json; charset=utf-8\r\n\
+const IIS_OK: &[u8] =
+    b"HTTP/1.1 200 OK\r\nCache-Control: private\r\nContent-Type: application/json; charset=utf-8\r\n\
 Server: Microsoft-IIS/7.5\r\nX-AspNet-Version: 4.0.30319\r\nX-Powered-By: ASP.NET\r\n\
 Date: Thu, 26 Nov 2026 10:00:00 GMT\r\nContent-Length: 512\r\n\r\n";
 
