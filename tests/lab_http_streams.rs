@@ -1200,6 +1200,34 @@ fn pipelined_requests_small_chunked_uploads_and_connection_close_on_the_fast_pat
     h.assert_no_panic();
 }
 
+#[test]
+fn a_server_closing_an_idle_connection_leaves_no_close_wait_behind() {
+    let _l = light();
+    let cfg = format!(
+        "[pools.one]\nservers = [{{ address = \"198.18.2.11:80\" }}]\n{}",
+        http_service("web", 80, "one", "")
+    );
+    let mut h = start(LabSpec::default(), &cfg);
+    let mut c = h.client(c4(0), 80);
+    assert_eq!(c.get("/hello").head.status, 200);
+    let close_wait = |h: &Lab7| {
+        let out = h.lab.balancer.command("ss").args(["-Htn", "state", "close-wait"]).output().expect("ss");
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("198.18.2.11:80")).count()
+    };
+    // The backend ends: its side of the idle server connection closes while the client's
+    // connection stays open and quiet.
+    drop(h.backends.remove(0));
+    let t0 = Instant::now();
+    let mut left = close_wait(&h);
+    while left > 0 && t0.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(50));
+        left = close_wait(&h);
+    }
+    assert_eq!(left, 0, "portier kept the closed server connection (CLOSE_WAIT) for an idle client");
+    // The client's connection is still served (nothing listens now: 502).
+    assert_eq!(c.get("/hello").head.status, 502);
+}
+
 // 9 ------------------------------------------------------------------------------------------
 
 /// A flat JSON object of strings, numbers and booleans -> its members; None if it is not one.

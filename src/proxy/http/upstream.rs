@@ -96,19 +96,6 @@ impl UpstreamPool {
             list.push(Idle { sender, since: Instant::now() });
         }
     }
-
-    /// Drops closed and stale connections (called periodically).
-    pub fn purge(&self) {
-        let mut map = self.idle.lock().expect("upstream pool poisoned");
-        map.retain_mut(|(_, list)| {
-            list.retain(|i| i.since.elapsed() < MAX_IDLE && !i.sender.is_closed());
-            !list.is_empty()
-        });
-    }
-
-    pub fn idle_count(&self) -> usize {
-        self.idle.lock().expect("upstream pool poisoned").iter().map(|(_, l)| l.len()).sum()
-    }
 }
 
 /// A server connection's I/O future, handed to the task of the client connection that owns

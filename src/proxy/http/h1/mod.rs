@@ -203,6 +203,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
                 }
                 // portier stops: a connection between requests closes now.
                 _ = stop.wait_for(|s| *s), if since.is_none() => return HeadRead::Closed,
+                () = std::future::poll_fn(|cx| poll_idle_closed(&mut self.idle, cx)), if !self.idle.is_empty() => {}
             }
         }
     }
@@ -258,7 +259,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
     fn checkout(&mut self, key: &UpstreamKey) -> Option<ServerIo> {
         while let Some(at) = self.idle.iter().rposition(|i| i.key == *key) {
             let mut idle = self.idle.swap_remove(at);
-            if idle.since.elapsed() < SERVER_MAX_IDLE && quiet(&mut idle.io) {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            if idle.since.elapsed() < SERVER_MAX_IDLE && quiet(&mut idle.io, &mut cx) {
                 return Some(idle.io);
             }
         }
@@ -279,12 +281,23 @@ async fn send<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> std::io::Result<
     w.flush().await
 }
 
-/// Whether an idle server connection has nothing to say (no close, no stray bytes): polled
-/// once with a no-op waker, Pending means quiet. On a plain socket whose readiness tokio
-/// already cleared this costs no system call.
-fn quiet(io: &mut ServerIo) -> bool {
+/// Whether an idle server connection has nothing to say (no close, no stray bytes): Pending
+/// means quiet. On a plain socket whose readiness tokio already cleared this costs no system
+/// call; polled with the task's context it also wakes the task when the server closes.
+fn quiet(io: &mut ServerIo, cx: &mut std::task::Context<'_>) -> bool {
     let mut byte = [0u8; 1];
     let mut rb = tokio::io::ReadBuf::new(&mut byte);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    std::pin::Pin::new(io).poll_read(&mut cx, &mut rb).is_pending()
+    std::pin::Pin::new(io).poll_read(cx, &mut rb).is_pending()
+}
+
+/// Ready once an idle server connection closed (or spoke unasked), which is then dropped:
+/// its socket does not wait in CLOSE_WAIT for the client's next request.
+fn poll_idle_closed(idle: &mut Vec<Idle>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+    let before = idle.len();
+    idle.retain_mut(|i| quiet(&mut i.io, cx));
+    if idle.len() < before {
+        std::task::Poll::Ready(())
+    } else {
+        std::task::Poll::Pending
+    }
 }
