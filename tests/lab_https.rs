@@ -567,6 +567,8 @@ fn snat_https_tells_the_server_the_client_in_x_forwarded_for() {
         assert_eq!(e.peer, "198.18.2.1", "SNAT: {e:?}");
         assert_eq!(e.xff, "198.18.1.2", "{e:?}");
         assert_eq!(e.proto, "https");
+        // The client's own X-Forwarded-Proto is replaced, not kept in front of portier's.
+        assert_eq!(e.xfp, "https", "{http}: {e:?}");
     }
 }
 

@@ -3,7 +3,8 @@
 //! with rcgen at test time), and curl run from the lab's client namespace.
 //!
 //! Every nginx answers on 80 and 443 (TLS) with one line naming itself and what it saw:
-//! `backend=NAME peer=ADDR host=HOST proto=SCHEME xff=X-Forwarded-For cookie=COOKIE`.
+//! `backend=NAME peer=ADDR host=HOST proto=SCHEME xff=X-Forwarded-For xfp=X-Forwarded-Proto
+//! cookie=COOKIE`.
 //! `/healthz` answers `ok`, `/wsman` sets a server cookie `MS-WSMAN=NAME-<msec>; Path=/`
 //! (what Lync's web services do), `/redirect-me` answers a 302 to `/landed` and `/upload`
 //! reads the whole request body, then answers `backend=NAME uploaded=CONTENT-LENGTH`.
@@ -113,7 +114,7 @@ http {{
         ssl_certificate {cert};
         ssl_certificate_key {key};
         location / {{
-            return 200 "backend={name} peer=$remote_addr host=$host proto=$scheme xff=$http_x_forwarded_for cookie=$http_cookie\n";
+            return 200 "backend={name} peer=$remote_addr host=$host proto=$scheme xff=$http_x_forwarded_for xfp=$http_x_forwarded_proto cookie=$http_cookie\n";
         }}
         location = /healthz {{ return 200 "ok\n"; }}
         # Compressed on the fly: a chunked response without Content-Length.
@@ -121,7 +122,7 @@ http {{
             gzip on;
             gzip_types text/plain;
             gzip_min_length 1;
-            return 200 "backend={name} peer=$remote_addr host=$host proto=$scheme xff= cookie=\n";
+            return 200 "backend={name} peer=$remote_addr host=$host proto=$scheme xff= xfp= cookie=\n";
         }}
         location /wsman {{
             add_header Set-Cookie "MS-WSMAN={name}-$msec; Path=/";
@@ -219,6 +220,8 @@ pub struct Echo {
     pub host: String,
     pub proto: String,
     pub xff: String,
+    /// X-Forwarded-Proto as nginx reads it (the first field when there are several).
+    pub xfp: String,
     pub cookie: String,
 }
 
@@ -235,6 +238,7 @@ impl Echo {
                 "host" => &mut e.host,
                 "proto" => &mut e.proto,
                 "xff" => &mut e.xff,
+                "xfp" => &mut e.xfp,
                 _ => return None,
             };
             *slot = v.to_string();
