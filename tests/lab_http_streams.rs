@@ -833,6 +833,8 @@ fn timeouts_and_dead_servers_give_504_503_502_and_connect_failures_retry() {
     let text = r.text();
     assert!(text.len() < 300 && text.contains("did not answer within"), "{text:?}");
     assert!(r.head.get("content-type").unwrap_or("").starts_with("text/plain"), "{r:?}");
+    // portier is the origin of this answer: it dates it (RFC 9110 6.6.1).
+    assert!(r.head.get("date").is_some_and(|d| d.ends_with(" GMT")), "{r:?}");
 
     // 503: every server of the pool is down by its health check.
     h.wait_metrics(Duration::from_secs(5), "pool dead down", |m| {

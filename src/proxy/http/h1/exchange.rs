@@ -89,7 +89,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
         self.out.clear();
         let conn = if close { "Connection: close\r\n" } else { "" };
         let head = format!(
-            "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\nContent-Length: {}\r\n{conn}\r\n",
+            "HTTP/1.1 {status} {reason}\r\nDate: {}\r\nContent-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\nContent-Length: {}\r\n{conn}\r\n",
+            httpdate::fmt_http_date(std::time::SystemTime::now()),
             text.len()
         );
         self.out.extend_from_slice(head.as_bytes());
