@@ -3,6 +3,7 @@
 //! (1xx passed on), write it with portier's own fields and pass the body through; or answer
 //! 502/503/504/400 itself.
 
+use std::io::Write;
 use std::sync::Arc;
 
 use bytes::Buf;
@@ -208,13 +209,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
         self.req.write_request(&self.buf, &mut self.out, own);
         if snat {
             // The server cannot see the client: tell it, in the old and the standard field.
-            let ip = self.client.ip();
-            let for_ = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
-            let fields = format!(
-                "X-Forwarded-For: {ip}\r\nX-Forwarded-Proto: {scheme}\r\nForwarded: for={for_};proto={scheme}\r\n",
-                scheme = hs.scheme
-            );
-            self.out.extend_from_slice(fields.as_bytes());
+            // Written in place (io::Write on the Vec): no string per request.
+            let (ip, scheme) = (self.client.ip(), hs.scheme);
+            let _ =
+                write!(self.out, "X-Forwarded-For: {ip}\r\nX-Forwarded-Proto: {scheme}\r\nForwarded: for=");
+            let _ = if ip.is_ipv6() { write!(self.out, "\"[{ip}]\"") } else { write!(self.out, "{ip}") };
+            let _ = write!(self.out, ";proto={scheme}\r\n");
         }
         self.out.extend_from_slice(b"\r\n");
         self.out.extend_from_slice(&self.buf[self.req.len..self.pending]);
@@ -289,12 +289,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
         if let Some(Sticky::Cookie { name, expire }) = &svc.sticky {
             // On every response, which also refreshes Max-Age (see forward.rs).
             let secure = if hs.scheme == "https" { "; Secure" } else { "" };
-            let c = format!(
+            let _ = write!(
+                self.out,
                 "Set-Cookie: {name}={}; Path=/; Max-Age={}; HttpOnly{secure}\r\n",
                 pool.cookie_value(i),
                 expire.as_secs()
             );
-            self.out.extend_from_slice(c.as_bytes());
         }
         if close {
             self.out.extend_from_slice(b"Connection: close\r\n");
