@@ -208,9 +208,14 @@ fn pool(balance: Balance, n: usize) -> Pool {
             address: IpAddr::V4(Ipv4Addr::new(198, 18, 2, 11 + i as u8)),
             port: None,
             weight: 1 + (i % 3) as u32,
+            drain: false,
         })
         .collect();
-    Pool::new(&PoolConfig { name: "p".into(), balance, servers, check: None, tls: None }, &Metrics::new())
+    Pool::new(
+        &PoolConfig { name: "p".into(), balance, servers, check: None, tls: None },
+        &Metrics::new(),
+        |_| None,
+    )
 }
 
 fn balance(c: &mut Criterion) {

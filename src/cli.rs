@@ -1,4 +1,4 @@
-//! The command line: run | check | nft | doctor | lab.
+//! The command line: run | check | nft | reload | doctor | lab.
 
 use std::path::PathBuf;
 
@@ -30,6 +30,15 @@ pub enum Command {
     Nft {
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
+    },
+    /// Ask the running portier to load a configuration file (default: the one it runs) and
+    /// print what changed, or every error of a refused file.
+    Reload {
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// The control socket; default: `admin.control` of the file, else /run/portier/control.sock.
+        #[arg(long)]
+        control: Option<PathBuf>,
     },
     /// Check kernel support, capabilities, rules, routes and listeners; explain what is missing.
     Doctor {
@@ -113,7 +122,7 @@ pub fn summary(c: &Config) -> String {
             .map(|r| {
                 let host = r.host.as_deref().unwrap_or("*");
                 let path = r.path.as_deref().unwrap_or("");
-                format!("; route {host}{path} -> pool {}", c.pools[r.pool].name)
+                format!("; route {host}{path} -> pool {}", r.pool)
             })
             .collect();
         let _ = writeln!(
@@ -144,6 +153,16 @@ pub fn init_logging(default_level: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .try_init();
+}
+
+/// The control socket a file names, read leniently: a file too broken to validate must
+/// still reach portier, which reports its errors in the log and the metrics too.
+fn control_socket_of(path: &std::path::Path) -> PathBuf {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("admin")?.get("control")?.as_str().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONTROL_SOCKET))
 }
 
 pub fn main_with(cli: Cli) -> anyhow::Result<()> {
@@ -192,6 +211,22 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
             };
             rt.block_on(crate::runtime::run(c))?;
             Ok(())
+        }
+        Command::Reload { config, control } => {
+            let socket = control.unwrap_or_else(|| control_socket_of(&config));
+            // Absolute: the running portier resolves it, from its own working directory.
+            let file = std::path::absolute(&config).unwrap_or(config);
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let outcome = rt.block_on(crate::control::request_reload(&socket, Some(&file)))?;
+            print!("{}", outcome.report);
+            if outcome.applied {
+                Ok(())
+            } else {
+                Err(anyhow::Error::new(Refused(format!(
+                    "{}: reload refused; portier runs on unchanged",
+                    file.display()
+                ))))
+            }
         }
         Command::Lab { duration } => {
             init_logging("info");

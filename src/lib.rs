@@ -5,6 +5,7 @@ pub mod admin;
 pub mod balance;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod health;
 pub mod intercept;
 pub mod lab;

@@ -70,6 +70,27 @@ pub struct Metrics {
     tls_handshakes: Family<ServiceLabels, Counter>,
     tls_handshake_failures: Family<ServiceLabels, Counter>,
     sip: SipMetrics,
+    pub reload: ReloadMetrics,
+}
+
+/// The outcome of configuration reloads (Prometheus' own naming for these).
+#[derive(Clone, Default)]
+pub struct ReloadMetrics {
+    pub failures: Counter,
+    pub last_successful: Gauge,
+    pub last_success_timestamp: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl ReloadMetrics {
+    pub fn succeeded(&self) {
+        self.last_successful.set(1);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.last_success_timestamp.set(now.as_secs_f64());
+    }
+    pub fn failed(&self) {
+        self.failures.inc();
+        self.last_successful.set(0);
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -197,8 +218,26 @@ impl Metrics {
             tls_handshakes: Family::default(),
             tls_handshake_failures: Family::default(),
             sip: SipMetrics::default(),
+            reload: ReloadMetrics::default(),
             registry: Registry::default(),
         };
+        // The start counts as the first successful load.
+        m.reload.succeeded();
+        registry.register(
+            "config_reload_failures",
+            "Configuration reloads refused (the running configuration stayed)",
+            m.reload.failures.clone(),
+        );
+        registry.register(
+            "config_last_reload_successful",
+            "1 when the last configuration load or reload was applied",
+            m.reload.last_successful.clone(),
+        );
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "When the configuration was last applied, in seconds since the epoch",
+            m.reload.last_success_timestamp.clone(),
+        );
         let sip = &m.sip;
         registry.register(
             "sip_registrations",

@@ -92,7 +92,7 @@ fn sighup_reloads_certificates_and_keeps_established_connections() {
     std::fs::write(l.certs.path("mail.pem"), cert.pem()).unwrap();
     std::fs::write(l.certs.path("mail.key"), key.serialize_pem()).unwrap();
     sighup(&l);
-    wait_log(&l, "certificates reloaded", 1);
+    wait_log(&l, "configuration reloaded", 1);
     assert!(subject(&l).contains("second edition"), "new handshakes must get the new certificate");
 
     // The connection made before the reload still works.
@@ -102,7 +102,12 @@ fn sighup_reloads_certificates_and_keeps_established_connections() {
     // A broken file: the reload is refused and the running certificate stays.
     std::fs::write(l.certs.path("mail.pem"), "not a certificate").unwrap();
     sighup(&l);
-    wait_log(&l, "certificates NOT reloaded", 1);
+    wait_log(&l, "reload refused", 1);
+    assert!(
+        l.portier.log().contains("service web: certificates"),
+        "the refusal names the service:\n{}",
+        l.portier.log_tail()
+    );
     assert!(subject(&l).contains("second edition"));
     let _ = s_client.kill();
     let _ = s_client.wait();

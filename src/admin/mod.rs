@@ -13,14 +13,17 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::control::{self, ReloadSender};
 use crate::metrics::Metrics;
 use crate::state::State;
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
-    pub state: Arc<State>,
+    pub state: Arc<arc_swap::ArcSwap<State>>,
     /// The SIP B2BUA's state as text, refreshed by its task every second (empty without SIP).
     pub sip_status: Arc<std::sync::Mutex<String>>,
+    /// Where `POST /api/reload` goes (the runtime answers).
+    pub reload: ReloadSender,
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
@@ -41,20 +44,24 @@ fn wants_openmetrics(req: &Request<Incoming>) -> bool {
 impl Admin {
     fn status(&self) -> String {
         let mut s = String::new();
-        for pool in &self.state.pools {
+        for pool in &self.state.load().pools {
             let _ = writeln!(s, "pool {} ({})", pool.name, pool.balance.as_str());
             for sv in &pool.servers {
                 let _ = writeln!(
                     s,
                     "  {:<28} {:<4} active={} weight={}",
                     sv.label,
-                    if sv.is_up() { "UP" } else { "DOWN" },
+                    match (sv.is_up(), sv.is_available()) {
+                        (false, _) => "DOWN",
+                        (true, false) => "DRAIN",
+                        (true, true) => "UP",
+                    },
                     sv.active(),
                     sv.config.weight
                 );
             }
         }
-        for t in &self.state.sticky_tables {
+        for t in self.state.load().sticky_tables.values() {
             let _ = writeln!(s, "sticky table {}: {} entries", t.name, t.len());
         }
         if let Ok(sip) = self.sip_status.lock() {
@@ -63,12 +70,38 @@ impl Admin {
         s
     }
 
-    fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    /// Who may change things: with `admin.token` set, requests carrying it; without one,
+    /// local clients only (the listener is on loopback unless configured otherwise).
+    fn authorised(&self, req: &Request<Incoming>, peer: std::net::SocketAddr) -> Result<(), &'static str> {
+        let state = self.state.load();
+        match &state.config.admin.token {
+            None if peer.ip().is_loopback() => Ok(()),
+            None => Err("set admin.token to use the API from beyond loopback\n"),
+            Some(token) => {
+                let given = req
+                    .headers()
+                    .get(hyper::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or("");
+                if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+                    Ok(())
+                } else {
+                    Err("missing or wrong bearer token (admin.token)\n")
+                }
+            }
+        }
+    }
+
+    async fn respond(&self, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Full<Bytes>> {
+        if req.uri().path().starts_with("/api/") {
+            return self.api(req, peer).await;
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
         }
         match req.uri().path() {
-            "/metrics" if wants_openmetrics(req) => text(
+            "/metrics" if wants_openmetrics(&req) => text(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 self.metrics.encode_openmetrics(),
@@ -80,12 +113,36 @@ impl Admin {
             _ => text(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics or /status\n".into()),
         }
     }
+
+    async fn api(&self, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Full<Bytes>> {
+        if req.uri().path() != "/api/reload" {
+            return text(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found: the API has POST /api/reload\n".into(),
+            );
+        }
+        if req.method() != Method::POST {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "POST only\n".into());
+        }
+        if let Err(why) = self.authorised(&req, peer) {
+            return text(StatusCode::FORBIDDEN, "text/plain", why.into());
+        }
+        // The running file is re-read: which file portier runs is not the API's to change.
+        let outcome = control::reload(&self.reload, None).await;
+        let status = if outcome.applied { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+        text(status, "text/plain; charset=utf-8", outcome.report)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Serves until `stop` turns true.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Receiver<bool>) {
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -99,8 +156,8 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Re
         let admin = admin.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let resp = admin.respond(&req);
-                async move { Ok::<_, Infallible>(resp) }
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.respond(req, peer).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())

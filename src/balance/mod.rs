@@ -4,5 +4,5 @@ pub mod algorithm;
 mod pool;
 mod sticky;
 
-pub use pool::{ActiveGuard, Pool, Server};
+pub use pool::{ActiveGuard, Pool, Server, ServerLive};
 pub use sticky::StickyTable;

@@ -1,35 +1,113 @@
 //! A pool of servers as the proxy sees it at run time: configuration plus live state
-//! (health flag, active connections) and cached metric handles, all atomics.
+//! (health flag, active connections, closing) and cached metric handles, all atomics.
+//!
+//! A pool is rebuilt on every reload; what must outlive the rebuild (health, active counts,
+//! whether the server is closing) is the server's `ServerLive`, which the new pool takes
+//! over by identity (pool name + address + port), never by position.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use tokio::sync::Notify;
+
 use super::algorithm;
 use crate::config::{Balance, PoolConfig, ServerConfig};
 use crate::metrics::{BackendMetrics, Metrics};
+
+/// The part of a server that survives a reload: the old and the new `Server` share it, so
+/// a connection counted by the old one is seen by leastconn in the new one, and a server
+/// that checks took down stays down.
+#[derive(Debug)]
+pub struct ServerLive {
+    up: AtomicBool,
+    active: AtomicU64,
+    /// Removed from the configuration or set to `drain`: no new connections, in-flight
+    /// ones finish (sozu's Closing state).
+    closing: AtomicBool,
+    /// Fired when a closing server's drain time is over: its connections end.
+    cut: Notify,
+    cut_done: AtomicBool,
+    /// A checker has run for this server: a checker replacing it resumes from `up`.
+    checked: AtomicBool,
+}
+
+impl Default for ServerLive {
+    fn default() -> Self {
+        ServerLive {
+            up: AtomicBool::new(true),
+            active: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+            cut: Notify::new(),
+            cut_done: AtomicBool::new(false),
+            checked: AtomicBool::new(false),
+        }
+    }
+}
+
+impl ServerLive {
+    pub fn set_closing(&self, closing: bool) {
+        self.closing.store(closing, Ordering::Relaxed);
+        if !closing {
+            self.cut_done.store(false, Ordering::Relaxed);
+        }
+    }
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
+    }
+    /// Ends the connections of a server still closing (its drain time is over).
+    pub fn cut(&self) {
+        if self.is_closing() {
+            self.cut_done.store(true, Ordering::SeqCst);
+            self.cut.notify_waiters();
+        }
+    }
+    /// Resolves when `cut` is called (at once if it already was).
+    pub async fn cut_signal(&self) {
+        let notified = self.cut.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.cut_done.load(Ordering::SeqCst) {
+            return;
+        }
+        notified.await
+    }
+}
 
 pub struct Server {
     pub config: ServerConfig,
     /// Name in logs and metrics: the address as configured.
     pub label: String,
-    up: AtomicBool,
-    active: AtomicU64,
+    pub live: Arc<ServerLive>,
     pub metrics: BackendMetrics,
 }
 
 impl Server {
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.live.up.load(Ordering::Relaxed)
     }
 
     pub fn set_up(&self, up: bool) {
-        self.up.store(up, Ordering::Relaxed);
+        self.live.up.store(up, Ordering::Relaxed);
         self.metrics.up.set(i64::from(up));
     }
 
+    /// Up, and neither set to drain nor removed by a reload: may take a new connection.
+    pub fn is_available(&self) -> bool {
+        self.is_up() && !self.config.drain && !self.live.is_closing()
+    }
+
+    /// Whether a health checker has judged this server before (see `health::driver`).
+    pub fn live_checked(&self) -> bool {
+        self.live.checked.load(Ordering::Relaxed)
+    }
+
+    pub fn mark_checked(&self) {
+        self.live.checked.store(true, Ordering::Relaxed);
+    }
+
     pub fn active(&self) -> u64 {
-        self.active.load(Ordering::Relaxed)
+        self.live.active.load(Ordering::Relaxed)
     }
 
     /// The address to connect to for a client that dialled `dialled_port`.
@@ -47,7 +125,7 @@ pub struct ActiveGuard {
 
 impl ActiveGuard {
     pub fn new(server: Arc<Server>) -> Self {
-        server.active.fetch_add(1, Ordering::Relaxed);
+        server.live.active.fetch_add(1, Ordering::Relaxed);
         ActiveGuard { server, connected: false }
     }
     pub fn server(&self) -> &Arc<Server> {
@@ -65,7 +143,7 @@ impl ActiveGuard {
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.server.active.fetch_sub(1, Ordering::Relaxed);
+        self.server.live.active.fetch_sub(1, Ordering::Relaxed);
         if self.connected {
             self.server.metrics.active.dec();
         }
@@ -85,21 +163,22 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(config: &PoolConfig, metrics: &Metrics) -> Pool {
+    /// Builds the pool; `carried` gives the live state of a server the running pool of the
+    /// same name already has (None: a new server, which starts up, as at a fresh start).
+    pub fn new(
+        config: &PoolConfig,
+        metrics: &Metrics,
+        carried: impl Fn(&ServerConfig) -> Option<Arc<ServerLive>>,
+    ) -> Pool {
         let servers: Vec<Arc<Server>> = config
             .servers
             .iter()
             .map(|s| {
                 let label = s.label();
                 let m = metrics.backend(&config.name, &label);
-                m.up.set(1);
-                Arc::new(Server {
-                    config: *s,
-                    label,
-                    up: AtomicBool::new(true),
-                    active: AtomicU64::new(0),
-                    metrics: m,
-                })
+                let live = carried(s).unwrap_or_default();
+                m.up.set(i64::from(live.up.load(Ordering::Relaxed)));
+                Arc::new(Server { config: *s, label, live, metrics: m })
             })
             .collect();
         let weights: Vec<u32> = config.servers.iter().map(|s| s.weight).collect();
@@ -138,7 +217,7 @@ impl Pool {
 
     /// Chooses a server by the pool's algorithm among those `usable` says yes to.
     pub fn pick(&self, client: IpAddr, usable: impl Fn(usize) -> bool) -> Option<usize> {
-        let ok = |i: usize| self.servers[i].is_up() && usable(i);
+        let ok = |i: usize| self.servers[i].is_available() && usable(i);
         match self.balance {
             Balance::RoundRobin => {
                 let t = self.tick.fetch_add(1, Ordering::Relaxed);
@@ -165,9 +244,14 @@ mod tests {
                 address: format!("198.18.2.{}", 11 + i).parse().unwrap(),
                 port: None,
                 weight: *w,
+                drain: false,
             })
             .collect();
-        Pool::new(&PoolConfig { name: "p".into(), balance, servers, check: None, tls: None }, &Metrics::new())
+        Pool::new(
+            &PoolConfig { name: "p".into(), balance, servers, check: None, tls: None },
+            &Metrics::new(),
+            |_| None,
+        )
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,8 @@ struct Entry {
 /// lock for a hash-map probe only.
 pub struct StickyTable<K = IpAddr> {
     pub name: String,
-    expire: Duration,
+    /// Milliseconds; a reload may change it while the entries stay.
+    expire_ms: AtomicU64,
     shards: Vec<Mutex<HashMap<K, Entry>>>,
     hasher: std::collections::hash_map::RandomState,
 }
@@ -32,9 +34,29 @@ impl<K: Hash + Eq> StickyTable<K> {
     pub fn new(name: &str, expire: Duration) -> Self {
         StickyTable {
             name: name.to_string(),
-            expire,
+            expire_ms: AtomicU64::new(expire.as_millis() as u64),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: Default::default(),
+        }
+    }
+
+    fn expire(&self) -> Duration {
+        Duration::from_millis(self.expire_ms.load(Ordering::Relaxed))
+    }
+
+    /// A reload changed `expire`: the entries stay, judged by the new value from now on.
+    pub fn set_expire(&self, expire: Duration) {
+        self.expire_ms.store(expire.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Forgets every choice of a server for which `keep` says no (removed by a reload).
+    pub fn retain_servers(&self, keep: impl Fn(IpAddr) -> bool) {
+        for s in &self.shards {
+            let mut map = s.lock().expect("sticky shard poisoned");
+            map.retain(|_, e| {
+                e.servers.retain(|ip| keep(*ip));
+                !e.servers.is_empty()
+            });
         }
     }
 
@@ -48,7 +70,7 @@ impl<K: Hash + Eq> StickyTable<K> {
     pub fn with_entry<R>(&self, key: K, now: Instant, f: impl FnOnce(&mut Vec<IpAddr>) -> R) -> R {
         let mut map = self.shard(&key).lock().expect("sticky shard poisoned");
         let entry = map.entry(key).or_insert_with(|| Entry { servers: Vec::new(), last_used: now });
-        if now.saturating_duration_since(entry.last_used) >= self.expire {
+        if now.saturating_duration_since(entry.last_used) >= self.expire() {
             entry.servers.clear();
         }
         entry.last_used = now;
@@ -67,7 +89,7 @@ impl<K: Hash + Eq> StickyTable<K> {
     {
         let mut map = self.shard(key).lock().expect("sticky shard poisoned");
         if let Some(e) = map.get_mut(key) {
-            if now.saturating_duration_since(e.last_used) < self.expire {
+            if now.saturating_duration_since(e.last_used) < self.expire() {
                 e.last_used = now;
             }
         }
@@ -81,7 +103,7 @@ impl<K: Hash + Eq> StickyTable<K> {
     {
         let mut map = self.shard(key).lock().expect("sticky shard poisoned");
         match map.get_mut(key) {
-            Some(e) if now.saturating_duration_since(e.last_used) < self.expire => {
+            Some(e) if now.saturating_duration_since(e.last_used) < self.expire() => {
                 e.last_used = now;
                 e.servers.first().copied()
             }
@@ -105,7 +127,7 @@ impl<K: Hash + Eq> StickyTable<K> {
             .iter()
             .map(|s| {
                 let mut map = s.lock().expect("sticky shard poisoned");
-                map.retain(|_, e| now.saturating_duration_since(e.last_used) < self.expire);
+                map.retain(|_, e| now.saturating_duration_since(e.last_used) < self.expire());
                 map.len()
             })
             .sum()
@@ -164,6 +186,30 @@ mod tests {
         assert!(t.get(&c, t0 + Duration::from_secs(18)).is_some());
         t.touch(&c, t0 + Duration::from_secs(40));
         assert!(t.get(&c, t0 + Duration::from_secs(40)).is_none());
+    }
+
+    #[test]
+    fn retain_servers_drops_only_the_named_choices() {
+        let t: StickyTable = StickyTable::new("cas", Duration::from_secs(60));
+        let (c1, c2): (IpAddr, IpAddr) = ("198.18.1.2".parse().unwrap(), "198.18.1.3".parse().unwrap());
+        let (a, b): (IpAddr, IpAddr) = ("198.18.2.11".parse().unwrap(), "198.18.2.12".parse().unwrap());
+        let t0 = Instant::now();
+        t.set(c1, a, t0);
+        t.with_entry(c2, t0, |s| s.extend([a, b]));
+        t.retain_servers(|ip| ip != a);
+        assert_eq!(t.get(&c1, t0), None);
+        assert_eq!(t.get(&c2, t0), Some(b));
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn set_expire_applies_to_existing_entries() {
+        let t: StickyTable = StickyTable::new("cas", Duration::from_secs(60));
+        let c: IpAddr = "198.18.1.2".parse().unwrap();
+        let t0 = Instant::now();
+        t.set(c, "198.18.2.11".parse().unwrap(), t0);
+        t.set_expire(Duration::from_secs(5));
+        assert_eq!(t.get(&c, t0 + Duration::from_secs(6)), None);
     }
 
     #[test]

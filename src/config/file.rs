@@ -33,7 +33,9 @@ pub struct GlobalFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminFile {
-    pub listen: Spanned<String>,
+    pub listen: Option<Spanned<String>>,
+    pub control: Option<Spanned<String>>,
+    pub token: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +75,7 @@ pub struct PoolTlsFile {
 pub struct ServerFile {
     pub address: Spanned<String>,
     pub weight: Option<Spanned<u32>>,
+    pub drain: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

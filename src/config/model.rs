@@ -30,6 +30,10 @@ pub struct GlobalConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// The control socket `portier reload` talks to (owner-only permissions).
+    pub control: PathBuf,
+    /// Bearer token that `POST /api/...` requests must carry; required beyond loopback.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +43,7 @@ pub struct InterceptConfig {
 }
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/portier/control.sock";
 pub const DEFAULT_FWMARK: u32 = 1;
 pub const DEFAULT_ROUTE_TABLE: u32 = 100;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -93,9 +98,22 @@ pub struct ServerConfig {
     /// None: connect to the port the client dialled.
     pub port: Option<u16>,
     pub weight: u32,
+    /// Takes no new connections; those in flight finish (maintenance).
+    pub drain: bool,
+}
+
+/// A server's identity within its pool: what stays the same when weights or flags change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServerId {
+    pub address: IpAddr,
+    pub port: Option<u16>,
 }
 
 impl ServerConfig {
+    pub fn id(&self) -> ServerId {
+        ServerId { address: self.address, port: self.port }
+    }
+
     /// The name used in metrics and logs: the address as written.
     pub fn label(&self) -> String {
         match self.port {
@@ -226,8 +244,8 @@ pub struct RouteConfig {
     pub host: Option<String>,
     /// Path prefix, matched on whole segments (`/owa` matches `/owa` and `/owa/x`, not `/owax`).
     pub path: Option<String>,
-    /// Index into `Config::pools`.
-    pub pool: usize,
+    /// The pool's name (a key of `Config::pools`).
+    pub pool: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,8 +298,8 @@ pub struct ServiceConfig {
     pub vips: Vec<IpAddr>,
     pub ports: Vec<PortRange>,
     pub mode: Mode,
-    /// Index into `Config::pools`; None only for redirect services.
-    pub pool: Option<usize>,
+    /// The default pool's name; None only for redirect services.
+    pub pool: Option<String>,
     pub routes: Vec<RouteConfig>,
     pub certificates: Vec<CertSpec>,
     pub source: Source,
@@ -300,6 +318,10 @@ pub struct ServiceConfig {
 impl Config {
     /// The service's default pool (every mode but redirect has one).
     pub fn pool(&self, service: &ServiceConfig) -> Option<&PoolConfig> {
-        service.pool.map(|i| &self.pools[i])
+        service.pool.as_ref().and_then(|name| self.pool_named(name))
+    }
+
+    pub fn pool_named(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
     }
 }

@@ -187,8 +187,8 @@ fn routes(
         if host.is_none() && path.is_none() {
             c.err(span(&r.pool), field("routes"), "a route needs a host, a path or both");
         }
-        if let Some(pool) = pool_ref(c, &r.pool, pool_index, field("routes.pool")) {
-            out.push(RouteConfig { host, path, pool });
+        if pool_ref(c, &r.pool, pool_index, field("routes.pool")).is_some() {
+            out.push(RouteConfig { host, path, pool: r.pool.get_ref().clone() });
         }
     }
     out
@@ -376,13 +376,15 @@ pub(super) fn services(
         };
         let source = source(c, s, &field);
         let routes = routes(c, s, mode, pool_index, &field);
-        for p in pool.iter().chain(routes.iter().map(|r| &r.pool)) {
-            family_coherence(c, s, &vips, source, &pools[*p], &field);
-            if pools[*p].tls.is_some() && !mode.is_http() {
+        let named = pool.iter().map(|&i| &pools[i]);
+        let routed = routes.iter().filter_map(|r| pool_index.get(&r.pool).map(|&i| &pools[i]));
+        for p in named.chain(routed) {
+            family_coherence(c, s, &vips, source, p, &field);
+            if p.tls.is_some() && !mode.is_http() {
                 c.err(
                     span(&s.vip),
                     field("pool"),
-                    format!("pool `{}` re-encrypts (tls = ...), which only HTTP services do; mode {} relays bytes as they are", pools[*p].name, mode.as_str()),
+                    format!("pool `{}` re-encrypts (tls = ...), which only HTTP services do; mode {} relays bytes as they are", p.name, mode.as_str()),
                 );
             }
         }
@@ -434,7 +436,7 @@ pub(super) fn services(
             vips,
             ports,
             mode,
-            pool,
+            pool: pool.map(|i| pools[i].name.clone()),
             routes,
             certificates,
             source,

@@ -30,7 +30,7 @@ fn the_documented_example_loads_exactly_as_written() {
     assert_eq!(pool.servers.len(), 2);
     assert_eq!(
         pool.servers[1],
-        ServerConfig { address: "198.18.2.12".parse().unwrap(), port: None, weight: 1 }
+        ServerConfig { address: "198.18.2.12".parse().unwrap(), port: None, weight: 1, drain: false }
     );
     let check = pool.check.as_ref().unwrap();
     assert_eq!(check.kind, CheckKind::Tcp);
@@ -297,7 +297,7 @@ fn the_l7_contract_loads_exactly_as_written() {
     assert_eq!(https.certificates[1].key, std::path::PathBuf::from("/etc/portier/tls/lync.key"));
     assert_eq!(https.routes.len(), 1);
     assert_eq!(https.routes[0].host.as_deref(), Some("lync.example.test"));
-    assert_eq!(c.pools[https.routes[0].pool].name, "lync-web");
+    assert_eq!(https.routes[0].pool, "lync-web");
     assert_eq!(
         https.sticky,
         Some(StickyConfig {
@@ -310,7 +310,7 @@ fn the_l7_contract_loads_exactly_as_written() {
         (Duration::from_secs(10), Duration::from_secs(120), Duration::from_secs(3600))
     );
     let redirect = c.services.iter().find(|s| s.name == "exchange-http").unwrap();
-    assert_eq!((redirect.mode, redirect.pool), (Mode::Redirect, None));
+    assert_eq!((redirect.mode, redirect.pool.as_deref()), (Mode::Redirect, None));
 }
 
 #[test]

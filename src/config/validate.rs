@@ -149,20 +149,34 @@ pub fn validate(file: &FileConfig, path: &Path, src: &str) -> Result<Config, Con
     };
 
     // [admin]
-    let admin_listen = match &file.admin {
-        None => DEFAULT_ADMIN_LISTEN.parse().expect("default admin address is valid"),
-        Some(a) => match a.listen.get_ref().parse::<SocketAddr>() {
-            Ok(sa) => sa,
-            Err(_) => {
-                c.err(
-                    span(&a.listen),
-                    "admin.listen",
-                    format!("`{}` is not an address:port", a.listen.get_ref()),
-                );
-                DEFAULT_ADMIN_LISTEN.parse().expect("default admin address is valid")
-            }
-        },
+    let default_listen = || DEFAULT_ADMIN_LISTEN.parse().expect("default admin address is valid");
+    let mut admin = AdminConfig {
+        listen: default_listen(),
+        control: std::path::PathBuf::from(DEFAULT_CONTROL_SOCKET),
+        token: None,
     };
+    if let Some(a) = &file.admin {
+        if let Some(l) = &a.listen {
+            match l.get_ref().parse::<SocketAddr>() {
+                Ok(sa) => admin.listen = sa,
+                Err(_) => c.err(span(l), "admin.listen", format!("`{}` is not an address:port", l.get_ref())),
+            }
+        }
+        if let Some(p) = &a.control {
+            let path = std::path::PathBuf::from(p.get_ref());
+            if !path.is_absolute() {
+                c.err(span(p), "admin.control", format!("`{}` must be an absolute path", p.get_ref()));
+            }
+            admin.control = path;
+        }
+        if let Some(t) = &a.token {
+            let v = t.get_ref();
+            if v.len() < 16 || !v.chars().all(|ch| ch.is_ascii_graphic()) {
+                c.err(span(t), "admin.token", "needs at least 16 printable characters, no spaces");
+            }
+            admin.token = Some(v.clone());
+        }
+    }
 
     // [intercept]
     let mut intercept = InterceptConfig { fwmark: DEFAULT_FWMARK, route_table: DEFAULT_ROUTE_TABLE };
@@ -212,7 +226,7 @@ pub fn validate(file: &FileConfig, path: &Path, src: &str) -> Result<Config, Con
             };
             match parse_server_address(s.address.get_ref()) {
                 Ok((address, port)) => {
-                    let sc = ServerConfig { address, port, weight };
+                    let sc = ServerConfig { address, port, weight, drain: s.drain.unwrap_or(false) };
                     if servers.iter().any(|o| o.address == sc.address && o.port == sc.port) {
                         c.err(
                             span(&s.address),
@@ -260,15 +274,7 @@ pub fn validate(file: &FileConfig, path: &Path, src: &str) -> Result<Config, Con
     let sip = file.sip.as_ref().map(|s| super::sip::validate_sip(&mut c, s));
 
     if c.errors.is_empty() {
-        Ok(Config {
-            path: path.to_path_buf(),
-            global,
-            admin: AdminConfig { listen: admin_listen },
-            intercept,
-            pools,
-            services,
-            sip,
-        })
+        Ok(Config { path: path.to_path_buf(), global, admin, intercept, pools, services, sip })
     } else {
         Err(ConfigErrors(c.errors))
     }

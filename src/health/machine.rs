@@ -39,6 +39,12 @@ impl HealthMachine {
         }
     }
 
+    /// A machine taking over a server whose state is already known (its check changed in a
+    /// reload): a DOWN server needs `rise` good checks, an UP one `fall` bad ones.
+    pub fn resume(rise: u32, fall: u32, interval: Duration, now: Instant, up: bool) -> Self {
+        HealthMachine { up, fresh: false, ..HealthMachine::new(rise, fall, interval, now) }
+    }
+
     pub fn is_up(&self) -> bool {
         self.up
     }
@@ -101,6 +107,17 @@ mod tests {
         let r = feed(&mut m, &[true, false, false, true, false, false], t0);
         assert!(r.iter().all(Option::is_none));
         assert!(m.is_up());
+    }
+
+    #[test]
+    fn a_resumed_machine_keeps_the_known_state() {
+        let t0 = Instant::now();
+        let mut down = HealthMachine::resume(2, 3, Duration::from_secs(2), t0, false);
+        assert!(!down.is_up());
+        assert_eq!(feed(&mut down, &[true, true], t0), vec![None, Some(Transition::WentUp)]);
+        let mut up = HealthMachine::resume(2, 3, Duration::from_secs(2), t0, true);
+        // not fresh: one failure is not enough
+        assert_eq!(feed(&mut up, &[false, false, false], t0), vec![None, None, Some(Transition::WentDown)]);
     }
 
     #[test]

@@ -22,6 +22,16 @@ pub fn install(config: &Config, ports: &[u16]) -> Result<(), InterceptError> {
     Ok(())
 }
 
+/// A reload: replaces the table in one transaction (new rules take effect for new
+/// connections at once; established ones match the socket rule, which is in both), and adds
+/// the policy routing of an address family `old` did not use.
+pub fn reload(old: &Config, new: &Config, ports: &[u16]) -> Result<(), InterceptError> {
+    run("nft", &["-f", "-"], Some(&render_replace(new, ports)))?;
+    let had = routing::families_in_use(old);
+    let added: Vec<&str> = routing::families_in_use(new).into_iter().filter(|f| !had.contains(f)).collect();
+    routing::add(&new.intercept, &added)
+}
+
 /// Removes everything `install` created. Missing pieces are fine: removal must always finish.
 pub fn remove(i: &InterceptConfig) {
     let _ = run("nft", &["delete", "table", ruleset::TABLE_FAMILY, ruleset::TABLE_NAME], None);

@@ -33,6 +33,18 @@ pub fn install(i: &InterceptConfig, families: &[&str]) -> Result<(), InterceptEr
     Ok(())
 }
 
+/// Adds the rule and route of families a reload brings in (the first IPv6 VIP), leaving
+/// those in place untouched: removing and re-adding them would blackhole marked packets.
+pub fn add(i: &InterceptConfig, families: &[&str]) -> Result<(), InterceptError> {
+    let mark = format!("{:#x}", i.fwmark);
+    let table = i.route_table.to_string();
+    for (fam, prefix) in FAMILIES.iter().copied().filter(|(f, _)| families.contains(f)) {
+        run("ip", &[fam, "rule", "add", "fwmark", &mark, "lookup", &table], None)?;
+        run("ip", &[fam, "route", "replace", "local", prefix, "dev", "lo", "table", &table], None)?;
+    }
+    Ok(())
+}
+
 /// Removes every copy of the rules and the local routes; missing ones are not an error.
 pub fn remove(i: &InterceptConfig) {
     remove_rules(i);

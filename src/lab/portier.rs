@@ -18,6 +18,21 @@ pub struct PortierProcess {
     admin: String,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
+    /// This process's own control socket (`admin.control`), so labs running side by side
+    /// never share one.
+    pub control_path: PathBuf,
+}
+
+/// `config` with `admin.control` set to `path` (added to its `[admin]` table, or as one).
+pub fn with_control(config: &str, path: &Path) -> String {
+    let line = format!("control = \"{}\"\n", path.display());
+    match config.find("[admin]\n") {
+        Some(i) => {
+            let at = i + "[admin]\n".len();
+            format!("{}{line}{}", &config[..at], &config[at..])
+        }
+        None => format!("[admin]\n{line}\n{config}"),
+    }
 }
 
 impl PortierProcess {
@@ -27,7 +42,8 @@ impl PortierProcess {
         let base = std::env::temp_dir().join(format!("{}-portier", ns.name()));
         let config_path = base.with_extension("toml");
         let log_path = base.with_extension("log");
-        std::fs::write(&config_path, config)?;
+        let control_path = base.with_extension("sock");
+        std::fs::write(&config_path, with_control(config, &control_path))?;
         let log = File::create(&log_path)?;
         let child = ns
             .command(&exe.to_string_lossy())
@@ -44,6 +60,7 @@ impl PortierProcess {
             admin: admin.to_string(),
             config_path,
             log_path,
+            control_path,
         };
         p.wait_ready(Duration::from_secs(15))?;
         Ok(p)
@@ -70,6 +87,53 @@ impl PortierProcess {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Replaces the configuration file (keeping this process's control socket); a reload
+    /// (`reload`, SIGHUP or the API) then applies it.
+    pub fn write_config(&self, config: &str) -> io::Result<()> {
+        std::fs::write(&self.config_path, with_control(config, &self.control_path))
+    }
+
+    /// `portier reload --config FILE` against this process: (exit code, stdout + stderr).
+    pub fn reload(&self, exe: &Path) -> io::Result<(i32, String)> {
+        let out =
+            std::process::Command::new(exe).args(["reload", "--config"]).arg(&self.config_path).output()?;
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        Ok((out.status.code().unwrap_or(-1), text))
+    }
+
+    /// SIGHUP: reload the running file.
+    pub fn hangup(&self) -> io::Result<()> {
+        let Some(child) = self.child.as_ref() else { return Err(io::Error::other("portier is not running")) };
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGHUP).map_err(io::Error::other)
+    }
+
+    /// POST a path on the admin listener: (HTTP status, body).
+    pub fn post(&self, path: &str, token: Option<&str>) -> io::Result<(u16, String)> {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.ns,
+            "curl",
+            "-sS",
+            "--max-time",
+            "30",
+            "-X",
+            "POST",
+            "-w",
+            "\n%{http_code}",
+        ]);
+        if let Some(t) = token {
+            cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
+        }
+        let out = cmd.arg(format!("http://{}{path}", self.admin)).output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+        let code = code.trim().parse().map_err(|_| io::Error::other(format!("POST {path}: {text}")))?;
+        Ok((code, body.to_string()))
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -140,5 +204,6 @@ impl Drop for PortierProcess {
         }
         let _ = std::fs::remove_file(&self.config_path);
         let _ = std::fs::remove_file(&self.log_path);
+        let _ = std::fs::remove_file(&self.control_path);
     }
 }

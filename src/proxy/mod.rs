@@ -1,5 +1,6 @@
-//! Proxies: the transparent L4 TCP relay (HTTP comes with the L7 work).
+//! Proxies: one accept loop, the transparent L4 relay (tcp, TLS passthrough) and the L7 HTTP proxy.
 
+pub mod accept;
 pub mod http;
 pub mod relay;
 pub mod sni;

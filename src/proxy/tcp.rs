@@ -1,16 +1,13 @@
 //! The transparent L4 proxy (and TLS passthrough routed by SNI): accept an intercepted connection, choose a server (stickiness,
 //! then the pool's algorithm), connect from the client's address or SNAT, relay until done.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::net::TcpStream;
 
 use super::http::route::route;
 use super::sni::peek_client_hello;
 use super::splice::relay_splice;
-use super::Drain;
 use crate::balance::ActiveGuard;
 use crate::config::{Mode, Source};
 use crate::net::{connect_upstream, ClientAddr, OrigDstAddr, UpstreamSource};
@@ -19,45 +16,8 @@ use crate::state::Service;
 /// Connect attempts per client connection (the first choice plus redispatches).
 const MAX_ATTEMPTS: usize = 3;
 
-/// Accepts on one transparent listener. Once `stop` turns true it keeps accepting but resets
-/// every new connection, so that during the drain clients get a fast refusal instead of SYNs
-/// that the still-installed tproxy rule diverts to nobody; the runtime aborts the task after.
-pub async fn accept_loop(
-    listener: TcpListener,
-    service: Arc<Service>,
-    drain: Arc<Drain>,
-    stop: watch::Receiver<bool>,
-) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) if *stop.borrow() => {
-                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-                tracing::debug!(service = %service.config.name, client = %peer, "stopping: connection reset");
-            }
-            Ok((stream, peer)) if peer.ip().is_loopback() => {
-                // Only TPROXY diverts here; a local process dialling the internal port directly
-                // would make us "transparently" bind 127.0.0.1 towards the servers.
-                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-                tracing::debug!(service = %service.config.name, client = %peer, "direct loopback connection refused");
-            }
-            Ok((stream, peer)) => {
-                let guard = drain.enter();
-                let svc = service.clone();
-                tokio::spawn(async move {
-                    handle(stream, ClientAddr(peer), &svc).await;
-                    drop(guard);
-                });
-            }
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(service = %service.config.name, "accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-async fn handle(client_stream: TcpStream, client: ClientAddr, svc: &Service) {
+/// One intercepted connection of a tcp or tls service, from accept to close.
+pub(crate) async fn handle(client_stream: TcpStream, client: ClientAddr, svc: &Service) {
     svc.metrics.connections.inc();
     let orig = match client_stream.local_addr() {
         Ok(a) => OrigDstAddr(a),
@@ -109,7 +69,20 @@ async fn handle(client_stream: TcpStream, client: ClientAddr, svc: &Service) {
                 // Pinned here and lent: passed by value, the relay's state machine (about 3 KB)
                 // was laid out twice more inside this task's future, for every connection.
                 tokio::pin!(relaying);
-                let (end, stats) = keep_sticky_alive(svc, client, relaying).await;
+                let relayed = tokio::select! {
+                    r = keep_sticky_alive(svc, client, relaying) => Some(r),
+                    // Removed by a reload (or set to drain) and its drain time is over.
+                    _ = server.live.cut_signal() => None,
+                };
+                let Some((end, stats)) = relayed else {
+                    drop(guard);
+                    tracing::info!(
+                        service = %svc.config.name, %client, dst = %orig, pool = %pool.name, server = %server.label,
+                        duration_ms = started.elapsed().as_millis() as u64,
+                        "connection closed: its server left the configuration and the drain time is over"
+                    );
+                    return;
+                };
                 svc.touch_sticky(client.ip());
                 drop(guard);
                 tracing::info!(

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -423,7 +423,7 @@ async fn serve_any<IO>(
 }
 
 /// One client connection of an http, https or redirect service.
-async fn connection(
+pub(crate) async fn connection(
     stream: TcpStream,
     client: ClientAddr,
     hs: Arc<HttpService>,
@@ -451,34 +451,6 @@ async fn connection(
                     hs.metrics.tls_failures.inc();
                     tracing::debug!(service = %hs.svc.config.name, %client, "TLS handshake timed out");
                 }
-            }
-        }
-    }
-}
-
-/// Accepts like `tcp::accept_loop` (reset after stop, loopback refused) for L7 services.
-pub async fn accept_loop(
-    listener: TcpListener,
-    hs: Arc<HttpService>,
-    drain: Arc<Drain>,
-    stop: watch::Receiver<bool>,
-) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) if *stop.borrow() || peer.ip().is_loopback() => {
-                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-            }
-            Ok((stream, peer)) => {
-                let guard = drain.enter();
-                let (hs, stop) = (hs.clone(), stop.clone());
-                tokio::spawn(async move {
-                    connection(stream, ClientAddr(peer), hs, stop).await;
-                    drop(guard);
-                });
-            }
-            Err(e) => {
-                tracing::warn!(service = %hs.svc.config.name, "accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }

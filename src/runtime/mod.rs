@@ -1,20 +1,26 @@
-//! The supervisor: binds listeners, installs interception, starts checkers and admin, waits
-//! for a stop signal, drains connections and removes what it installed. Nothing imports it.
+//! The supervisor: installs the signal handlers, binds listeners, installs interception,
+//! starts checkers, admin and the control socket, applies reloads, and on a stop drains
+//! connections and removes what it installed. Nothing imports it.
+
+mod listeners;
+mod reload;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::admin::{self, Admin};
 use crate::config::Config;
-use crate::config::Mode;
+use crate::health::driver::Checkers;
 use crate::intercept;
 use crate::metrics::Metrics;
-use crate::net::transparent_listener;
-use crate::proxy::{http, tcp, Drain};
+use crate::proxy::Drain;
 use crate::state::State;
+use listeners::Listeners;
+pub use reload::serving_parts;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -30,40 +36,42 @@ pub enum RuntimeError {
     Http(#[from] crate::proxy::http::HttpSetupError),
     #[error("{0}")]
     Sip(#[from] crate::sip::service::SipError),
+    #[error("{0}")]
+    Control(#[from] crate::control::ControlError),
+}
+
+/// Everything that runs, with a handle each, so a reload can change parts of it.
+pub(crate) struct Running {
+    /// The file the configuration came from (a reload re-reads it, or is given another).
+    path: std::path::PathBuf,
+    metrics: Arc<Metrics>,
+    drain: Arc<Drain>,
+    stop: watch::Receiver<bool>,
+    /// The serving state; admin and the sticky purge read it, a reload swaps it.
+    state: Arc<ArcSwap<State>>,
+    listeners: Listeners,
+    checkers: Checkers,
 }
 
 /// Runs portier until SIGTERM or SIGINT, then stops gracefully.
 pub async fn run(config: Config) -> Result<(), RuntimeError> {
+    // Signals before anything touches the system: a SIGHUP or SIGTERM arriving during the
+    // start must not kill portier with its rules installed.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(RuntimeError::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(RuntimeError::Signal)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(RuntimeError::Signal)?;
+
     let metrics = Arc::new(Metrics::new());
+    let drain = Arc::new(Drain::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
     let state = Arc::new(State::build(config, &metrics));
     let config = state.config.clone();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let drain = Arc::new(Drain::default());
 
-    // Certificates and upstream TLS are loaded before anything is installed: a bad file stops
-    // the start with its name, and nothing is left behind.
-    let mut http_services = std::collections::HashMap::new();
-    for svc in state.services.iter().filter(|s| s.config.mode.is_http() || s.config.mode == Mode::Redirect) {
-        let hs = http::HttpService::build(svc.clone(), &config, &metrics, drain.clone())?;
-        http_services.insert(svc.config.name.clone(), Arc::new(hs));
-    }
-
-    // Listeners first, rules second: a rule with no listener behind it drops SYNs.
-    let mut listeners = Vec::new();
-    for svc in &state.services {
-        for addr in intercept::listener_addrs(svc.listener_port) {
-            if !svc.config.vips.iter().any(|v| v.is_ipv6() == addr.is_ipv6()) {
-                continue;
-            }
-            let l = transparent_listener(addr).map_err(|source| RuntimeError::Listener {
-                service: svc.config.name.clone(),
-                addr,
-                source,
-            })?;
-            listeners.push((l, svc.clone()));
-        }
-    }
-    // SIP sockets are bound before anything is installed, like the listeners above.
+    // Certificates and upstream TLS are loaded, and every socket bound, before anything is
+    // installed: a bad file or a busy port stops the start with its name, nothing left behind.
+    let serving = serving_parts(&state, &metrics, &drain)?;
+    let mut listeners = Listeners::default();
+    let bound = listeners.bind_missing(&state)?;
     let sip = match &config.sip {
         Some(s) => Some((crate::sip::service::bind(s).await?, Arc::new(s.clone()))),
         None => None,
@@ -71,6 +79,7 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
         .await
         .map_err(|source| RuntimeError::Admin { addr: config.admin.listen, source })?;
+    let control_listener = crate::control::bind(&config.admin.control)?;
     if config.global.drain_timeout >= Duration::from_secs(85) {
         tracing::warn!(
             "global.drain_timeout is {:?}: the shipped systemd unit stops waiting after 90 s (TimeoutStopSec); raise it too, or portier is killed before it removes its rules",
@@ -80,8 +89,6 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     if !config.admin.listen.ip().is_loopback() {
         tracing::warn!(addr = %config.admin.listen, "admin API listens beyond loopback: /metrics and /status are reachable from the network");
     }
-    let mut sigterm = signal(SignalKind::terminate()).map_err(RuntimeError::Signal)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(RuntimeError::Signal)?;
 
     let ports: Vec<u16> = state.services.iter().map(|s| s.listener_port).collect();
     intercept::install(&config, &ports)?;
@@ -93,25 +100,29 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
         config.intercept.fwmark,
         config.intercept.route_table
     );
+    state.commit(None);
+    listeners.serve(bound, &state, &serving, &drain, &stop_rx);
+    let mut checkers = Checkers::default();
+    checkers.reconcile(&state);
+    let shared = Arc::new(ArcSwap::new(state.clone()));
 
-    let mut accepting = Vec::new();
-    for (l, svc) in listeners {
-        let task = match svc.config.mode {
-            Mode::Tcp | Mode::Tls => tokio::spawn(tcp::accept_loop(l, svc, drain.clone(), stop_rx.clone())),
-            Mode::Http | Mode::Https | Mode::Redirect => {
-                let hs = http_services.get(&svc.config.name).expect("built for every L7 service").clone();
-                tokio::spawn(http::accept_loop(l, hs, drain.clone(), stop_rx.clone()))
-            }
-        };
-        accepting.push(task);
-    }
+    let (reload_tx, mut reload_rx) = mpsc::channel(4);
     let mut tasks = Vec::new();
-    tasks.extend(crate::health::driver::spawn_all(&state, stop_rx.clone()));
     let sip_status = Arc::new(std::sync::Mutex::new(String::new()));
-    let admin =
-        Arc::new(Admin { metrics: metrics.clone(), state: state.clone(), sip_status: sip_status.clone() });
+    let admin = Arc::new(Admin {
+        metrics: metrics.clone(),
+        state: shared.clone(),
+        sip_status: sip_status.clone(),
+        reload: reload_tx.clone(),
+    });
     tasks.push(tokio::spawn(admin::serve(admin_listener, admin, stop_rx.clone())));
-    tasks.push(tokio::spawn(purge_sticky(state.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(crate::control::serve(
+        control_listener,
+        config.admin.control.clone(),
+        reload_tx,
+        stop_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(purge_sticky(shared.clone(), stop_rx.clone())));
     if let Some((bound, sip_cfg)) = sip {
         tasks.push(tokio::spawn(crate::sip::service::run(
             bound,
@@ -122,27 +133,33 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
         )));
     }
 
-    let mut sighup = signal(SignalKind::hangup()).map_err(RuntimeError::Signal)?;
+    let mut running = Running {
+        path: config.path.clone(),
+        metrics,
+        drain: drain.clone(),
+        stop: stop_rx,
+        state: shared,
+        listeners,
+        checkers,
+    };
     let why = loop {
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
-            // SIGHUP re-reads the certificates; reloading the rest of the configuration is not
-            // there yet (and SIGHUP's default action would kill portier, leaving its rules).
             _ = sighup.recv() => {
-                for hs in http_services.values().filter(|h| h.acceptor.is_some()) {
-                    match hs.reload_certificates() {
-                        Ok(()) => tracing::info!(service = %hs.svc.config.name, "SIGHUP: certificates reloaded"),
-                        Err(e) => tracing::error!(service = %hs.svc.config.name, "SIGHUP: certificates NOT reloaded, the running ones stay: {e}"),
-                    }
-                }
-                tracing::info!("SIGHUP: other configuration changes need a restart (SIGTERM drains first)");
+                running.reload(None).await;
+            }
+            Some(req) = reload_rx.recv() => {
+                let outcome = running.reload(req.path).await;
+                let _ = req.reply.send(outcome);
             }
         }
     };
+    let config = running.state.load().config.clone();
     let limit = config.global.drain_timeout;
     tracing::info!(active = drain.active(), "{why}: refusing new connections; draining for up to {limit:?}");
     let _ = stop_tx.send(true);
+    running.checkers.stop_all();
     for t in tasks {
         let _ = t.await;
     }
@@ -157,25 +174,24 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     if !drained {
         tracing::warn!(active = drain.active(), "drain limit reached: closing remaining connections");
     }
-    for t in accepting {
-        t.abort();
-    }
+    running.listeners.abort_all();
     intercept::remove(&config.intercept);
     tracing::info!("stopped: interception rules and routes removed");
     Ok(())
 }
 
-async fn purge_sticky(state: Arc<State>, mut stop: watch::Receiver<bool>) {
+async fn purge_sticky(state: Arc<ArcSwap<State>>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(30)) => {}
             _ = stop.changed() => return,
         }
         let now = std::time::Instant::now();
-        for t in &state.sticky_tables {
+        let state = state.load();
+        for t in state.sticky_tables.values() {
             t.purge(now);
         }
-        for t in &state.cookie_tables {
+        for t in state.cookie_tables.values() {
             t.purge(now);
         }
     }

@@ -1,5 +1,13 @@
 //! The running state: services, pools, servers and stickiness tables built from a validated
 //! `Config`. Read by the proxies, health checkers and admin; it imports none of them.
+//!
+//! A state is immutable once built. A reload builds a new one from the new file, taking over
+//! by identity what must survive (`carry`), and `plan` says what changed between two files.
+
+mod carry;
+pub mod plan;
+
+pub use carry::Carry;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -7,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::balance::{Pool, StickyTable};
+use crate::balance::{Pool, Server, StickyTable};
 use crate::config::{Config, RouteConfig, ServiceConfig, Source, StickyBy};
 use crate::intercept::listener_ports;
 use crate::metrics::{Metrics, ServiceMetrics};
@@ -96,7 +104,7 @@ impl Service {
         now: Instant,
     ) -> Option<usize> {
         let usable = |i: usize| self.family_ok(pool, i, client) && !tried.contains(&i);
-        let ok = |i: usize| pool.servers[i].is_up() && usable(i);
+        let ok = |i: usize| pool.servers[i].is_available() && usable(i);
         let pick = || match preferred {
             Some(i) if ok(i) => Some(i),
             _ => pool.pick(client, usable),
@@ -126,17 +134,36 @@ impl Service {
 
 pub struct State {
     pub config: Arc<Config>,
+    /// In the configuration's order (pools by name).
     pub pools: Vec<Arc<Pool>>,
     pub services: Vec<Arc<Service>>,
-    pub sticky_tables: Vec<Arc<StickyTable>>,
-    pub cookie_tables: Vec<Arc<StickyTable<String>>>,
+    /// Client-IP tables by name.
+    pub sticky_tables: BTreeMap<String, Arc<StickyTable>>,
+    /// Server-cookie tables by (service, cookie name).
+    pub cookie_tables: BTreeMap<(String, String), Arc<StickyTable<String>>>,
 }
 
 impl State {
+    /// A state for a fresh start: every server up, empty tables.
     pub fn build(config: Config, metrics: &Metrics) -> State {
-        let pools: Vec<Arc<Pool>> = config.pools.iter().map(|p| Arc::new(Pool::new(p, metrics))).collect();
+        State::rebuild(config, metrics, &Carry::default())
+    }
+
+    /// A state for `config` that takes over from `carry` (the running state's live parts)
+    /// whatever has the same identity. Nothing running is changed: `commit` does that once
+    /// the new state is the one serving.
+    pub fn rebuild(config: Config, metrics: &Metrics, carry: &Carry) -> State {
+        let pools: Vec<Arc<Pool>> = config
+            .pools
+            .iter()
+            .map(|p| Arc::new(Pool::new(p, metrics, |s| carry.server(&p.name, s.id()))))
+            .collect();
+        let by_name: BTreeMap<&str, &Arc<Pool>> = pools.iter().map(|p| (p.name.as_str(), p)).collect();
+        let pool = |name: &str| -> Arc<Pool> {
+            Arc::clone(by_name.get(name).expect("validation resolves every pool name"))
+        };
         let mut tables: BTreeMap<String, Arc<StickyTable>> = BTreeMap::new();
-        let mut cookie_tables = Vec::new();
+        let mut cookie_tables = BTreeMap::new();
         let ports = listener_ports(&config);
         let services = config
             .services
@@ -147,20 +174,27 @@ impl State {
                     StickyBy::ClientIp { table } => Sticky::ClientIp(
                         tables
                             .entry(table.clone())
-                            .or_insert_with(|| Arc::new(StickyTable::new(table, st.expire)))
+                            .or_insert_with(|| {
+                                carry
+                                    .sticky_table(table)
+                                    .unwrap_or_else(|| Arc::new(StickyTable::new(table, st.expire)))
+                            })
                             .clone(),
                     ),
                     StickyBy::Cookie { name } => Sticky::Cookie { name: name.clone(), expire: st.expire },
                     StickyBy::ServerCookie { name } => {
-                        let table = Arc::new(StickyTable::new(&format!("{}/{name}", s.name), st.expire));
-                        cookie_tables.push(table.clone());
+                        let key = (s.name.clone(), name.clone());
+                        let table = carry.cookie_table(&key).unwrap_or_else(|| {
+                            Arc::new(StickyTable::new(&format!("{}/{name}", s.name), st.expire))
+                        });
+                        cookie_tables.insert(key, table.clone());
                         Sticky::ServerCookie { name: name.clone(), table }
                     }
                 });
                 Arc::new(Service {
                     config: s.clone(),
-                    pool: s.pool.map(|i| pools[i].clone()),
-                    routes: s.routes.iter().map(|r| (r.clone(), pools[r.pool].clone())).collect(),
+                    pool: s.pool.as_deref().map(pool),
+                    routes: s.routes.iter().map(|r| (r.clone(), pool(&r.pool))).collect(),
                     sticky,
                     metrics: metrics.service(&s.name),
                     listener_port,
@@ -168,13 +202,73 @@ impl State {
                 })
             })
             .collect();
-        State {
-            config: Arc::new(config),
-            pools,
-            services,
-            sticky_tables: tables.into_values().collect(),
-            cookie_tables,
+        State { config: Arc::new(config), pools, services, sticky_tables: tables, cookie_tables }
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Arc<Service>> {
+        self.services.iter().find(|s| s.config.name == name)
+    }
+
+    /// Makes this state the serving one for what it shares with `old`: servers removed or
+    /// set to drain close (no new connections, in-flight ones go on), servers back from a
+    /// drain open again, tables take their new expiry and forget removed servers. Returns
+    /// the servers now closing that were not before (the runtime cuts them after the drain
+    /// time).
+    pub fn commit(&self, old: Option<&State>) -> Vec<Arc<Server>> {
+        let mut newly_closing = Vec::new();
+        for pool in &self.pools {
+            for s in &pool.servers {
+                if s.config.drain != s.live.is_closing() {
+                    s.live.set_closing(s.config.drain);
+                    if s.config.drain {
+                        newly_closing.push(s.clone());
+                    }
+                }
+            }
         }
+        if let Some(old) = old {
+            for pool in &old.pools {
+                for s in &pool.servers {
+                    let kept = self
+                        .pool(&pool.name)
+                        .is_some_and(|p| p.servers.iter().any(|n| n.config.id() == s.config.id()));
+                    if !kept && !s.live.is_closing() {
+                        s.live.set_closing(true);
+                        newly_closing.push(s.clone());
+                    }
+                }
+            }
+        }
+        let addresses: std::collections::HashSet<IpAddr> =
+            self.pools.iter().flat_map(|p| p.servers.iter().map(|s| s.config.address)).collect();
+        for (name, t) in &self.sticky_tables {
+            if let Some(expire) = self.sticky_expire(name) {
+                t.set_expire(expire);
+            }
+            t.retain_servers(|ip| addresses.contains(&ip));
+        }
+        for ((service, _), t) in &self.cookie_tables {
+            if let Some(st) = self.service(service).and_then(|s| s.config.sticky.as_ref()) {
+                t.set_expire(st.expire);
+            }
+            t.retain_servers(|ip| addresses.contains(&ip));
+        }
+        newly_closing
+    }
+
+    /// The expiry of a client-IP table: the longest any of its services asks for.
+    fn sticky_expire(&self, table: &str) -> Option<std::time::Duration> {
+        self.config
+            .services
+            .iter()
+            .filter_map(|s| s.sticky.as_ref())
+            .filter(|st| st.table() == Some(table))
+            .map(|st| st.expire)
+            .max()
     }
 }
 
@@ -270,6 +364,80 @@ mod tests {
                 "the web pool must not overwrite the rpc choice"
             );
         }
+    }
+
+    fn rebuilt(old: &State, text: &str) -> State {
+        let c = crate::config::parse(text, Path::new("t.toml")).unwrap();
+        let new = State::rebuild(c, &Metrics::new(), &Carry::from_state(old));
+        new.commit(Some(old));
+        new
+    }
+
+    const TWO: &str = "[pools.rpc]\nservers = [{ address = \"198.18.2.11\" }, { address = \"198.18.2.12\" }]\n\
+        [services.rpc]\nvip = \"198.19.0.10\"\nports = [135]\npool = \"rpc\"\nsticky = { by = \"client-ip\", table = \"cas\" }\n";
+
+    #[test]
+    fn a_server_down_before_a_rebuild_is_down_after_it_and_sticky_clients_stay() {
+        let old = State::build(crate::config::parse(TWO, Path::new("t.toml")).unwrap(), &Metrics::new());
+        let client: IpAddr = "198.18.1.7".parse().unwrap();
+        let now = Instant::now();
+        let svc = &old.services[0];
+        let chosen = svc.default_pool().servers[svc.choose(client, &[], now).unwrap()].config.address;
+        let other = old.pools[0].servers.iter().find(|s| s.config.address != chosen).unwrap();
+        other.set_up(false);
+        let guard = crate::balance::ActiveGuard::new(old.pools[0].servers[0].clone());
+
+        // Same servers, listed the other way round, one weight changed: matched by address.
+        let new = rebuilt(
+            &old,
+            &TWO.replace(
+                "[{ address = \"198.18.2.11\" }, { address = \"198.18.2.12\" }]",
+                "[{ address = \"198.18.2.12\", weight = 3 }, { address = \"198.18.2.11\" }]",
+            ),
+        );
+        let by_addr =
+            |ip: IpAddr| new.pools[0].servers.iter().find(|s| s.config.address == ip).unwrap().clone();
+        assert!(!by_addr(other.config.address).is_up(), "DOWN stays DOWN until its checks say otherwise");
+        assert!(by_addr(chosen).is_up());
+        assert_eq!(by_addr(old.pools[0].servers[0].config.address).active(), 1, "active counts carried");
+        drop(guard);
+        assert_eq!(by_addr(old.pools[0].servers[0].config.address).active(), 0);
+        let svc = &new.services[0];
+        let again = svc.default_pool().servers[svc.choose(client, &[], now).unwrap()].config.address;
+        assert_eq!(again, chosen, "the sticky client keeps its server");
+        assert!(Arc::ptr_eq(&old.sticky_tables["cas"], &new.sticky_tables["cas"]));
+    }
+
+    #[test]
+    fn removed_and_drained_servers_close_and_forget_their_sticky_clients() {
+        let old = State::build(crate::config::parse(TWO, Path::new("t.toml")).unwrap(), &Metrics::new());
+        old.commit(None);
+        let now = Instant::now();
+        let svc = &old.services[0];
+        let client: IpAddr = "198.18.1.7".parse().unwrap();
+        let i = svc.choose(client, &[], now).unwrap();
+        let server = old.pools[0].servers[i].clone();
+        let keep = old.pools[0].servers[1 - i].config.address;
+        // the chosen server is removed, the other set to drain
+        let text = TWO.replace(
+            "[{ address = \"198.18.2.11\" }, { address = \"198.18.2.12\" }]",
+            &format!("[{{ address = \"{keep}\", drain = true }}, {{ address = \"198.18.2.13\" }}]"),
+        );
+        let new = rebuilt(&old, &text);
+        assert!(server.live.is_closing(), "the old snapshot no longer sends to a removed server");
+        assert!(!server.is_available());
+        // A connection still holding the old snapshot finds neither: one removed, one draining.
+        assert_eq!(old.services[0].choose(client, &[], now), None);
+        assert!(
+            new.sticky_tables["cas"].get(&client, now).is_none(),
+            "the removed server's entry is dropped"
+        );
+        let svc = &new.services[0];
+        let j = svc.choose(client, &[], now).unwrap();
+        assert_eq!(svc.default_pool().servers[j].config.address.to_string(), "198.18.2.13");
+        // back from the drain: it opens again
+        let back = rebuilt(&new, &text.replace(", drain = true", ""));
+        assert!(back.pools[0].servers.iter().all(|s| s.is_available()));
     }
 
     #[test]

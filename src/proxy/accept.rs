@@ -1,0 +1,99 @@
+//! The one accept loop of every transparent listener, whatever the service's mode. What a
+//! listener serves is read per accepted connection from a swappable slot, so a reload hands
+//! a listener its service's new state without closing the socket; the connection keeps the
+//! state it started with until it ends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::http::{self, HttpService};
+use super::{tcp, Drain};
+use crate::net::ClientAddr;
+use crate::state::Service;
+
+/// What a listener hands its connections to.
+pub enum Serving {
+    /// tcp and tls (passthrough) services.
+    Tcp(Arc<Service>),
+    /// http, https and redirect services.
+    Http(Arc<HttpService>),
+}
+
+impl Serving {
+    pub fn service(&self) -> &Arc<Service> {
+        match self {
+            Serving::Tcp(s) => s,
+            Serving::Http(h) => &h.svc,
+        }
+    }
+}
+
+/// After its rules are gone, a removed listener still takes what was already queued on it
+/// (connections that completed their handshake before the nftables swap) for this long.
+pub const CLOSING_GRACE: Duration = Duration::from_millis(500);
+
+/// Accepts until `close` turns true (the listener left the configuration: it drains its
+/// queue for `CLOSING_GRACE`, then the socket closes). Once `stop` turns true (portier is
+/// stopping) it keeps accepting but resets every new connection, so clients get a fast
+/// refusal instead of SYNs that the still-installed tproxy rule diverts to nobody.
+pub async fn accept_loop(
+    listener: TcpListener,
+    serving: Arc<ArcSwap<Serving>>,
+    drain: Arc<Drain>,
+    stop: watch::Receiver<bool>,
+    mut close: watch::Receiver<bool>,
+) {
+    let mut closing_until: Option<tokio::time::Instant> = None;
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stopped(&mut close), if closing_until.is_none() => {
+                closing_until = Some(tokio::time::Instant::now() + CLOSING_GRACE);
+                continue;
+            }
+            _ = tokio::time::sleep_until(closing_until.unwrap_or_else(tokio::time::Instant::now)), if closing_until.is_some() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) if *stop.borrow() => refuse(&stream, peer, "stopping: connection reset"),
+            // Only TPROXY diverts here; a local process dialling the internal port directly
+            // would make us "transparently" bind 127.0.0.1 towards the servers.
+            Ok((stream, peer)) if peer.ip().is_loopback() => {
+                refuse(&stream, peer, "direct loopback connection refused")
+            }
+            Ok((stream, peer)) => {
+                let guard = drain.enter();
+                let serving = serving.load_full();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    match &*serving {
+                        Serving::Tcp(svc) => tcp::handle(stream, ClientAddr(peer), svc).await,
+                        Serving::Http(hs) => {
+                            http::connection(stream, ClientAddr(peer), hs.clone(), stop).await
+                        }
+                    }
+                    drop(guard);
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(service = %serving.load().service().config.name, "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn refuse(stream: &TcpStream, peer: std::net::SocketAddr, why: &str) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+    tracing::debug!(client = %peer, "{why}");
+}
+
+/// Resolves once the flag is true (or its sender is gone); the borrow ends inside, so the
+/// future stays `Send`.
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}

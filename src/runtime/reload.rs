@@ -1,0 +1,147 @@
+//! Applying a new configuration to the running process: read and validate the file, plan the
+//! change (`state::plan`), build the new state taking over live parts by identity, bind what
+//! is missing, replace the nftables table in one transaction, swap the state, close what
+//! left, reconcile the checkers. Any failure before the swap changes nothing.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{Running, RuntimeError};
+use crate::config::{self, Config, Mode};
+use crate::control::ReloadOutcome;
+use crate::intercept;
+use crate::metrics::Metrics;
+use crate::proxy::accept::Serving;
+use crate::proxy::http::HttpService;
+use crate::proxy::Drain;
+use crate::state::plan::{plan, Plan};
+use crate::state::{Carry, State};
+
+/// What each service's listeners hand connections to, built (certificates read, upstream TLS
+/// set up) before anything is changed.
+pub fn serving_parts(
+    state: &State,
+    metrics: &Metrics,
+    drain: &Arc<Drain>,
+) -> Result<BTreeMap<String, Arc<Serving>>, RuntimeError> {
+    let mut out = BTreeMap::new();
+    for svc in &state.services {
+        let part = match svc.config.mode {
+            Mode::Tcp | Mode::Tls => Serving::Tcp(svc.clone()),
+            Mode::Http | Mode::Https | Mode::Redirect => Serving::Http(Arc::new(HttpService::build(
+                svc.clone(),
+                &state.config,
+                metrics,
+                drain.clone(),
+            )?)),
+        };
+        out.insert(svc.config.name.clone(), Arc::new(part));
+    }
+    Ok(out)
+}
+
+/// The new configuration as it can run in this process: what only a restart can change
+/// keeps its running value (the plan names it), everything else is the new file's.
+fn effective(old: &Config, mut new: Config) -> Config {
+    new.global.threads = old.global.threads;
+    new.global.log_level = old.global.log_level.clone();
+    new.admin.listen = old.admin.listen;
+    new.admin.control = old.admin.control.clone();
+    new.intercept = old.intercept;
+    if old.sip.is_none() != new.sip.is_none() {
+        new.sip = old.sip.clone();
+    }
+    new
+}
+
+fn report(plan: &Plan) -> String {
+    let mut s = String::new();
+    if plan.steps.is_empty() {
+        s.push_str("no change\n");
+    }
+    for step in &plan.steps {
+        let _ = writeln!(s, "{step}");
+    }
+    for f in &plan.needs_restart {
+        let _ = writeln!(s, "{f}: changed, needs a restart (the running value stays)");
+    }
+    s
+}
+
+impl Running {
+    /// Reloads from `path` (None: the running file). On any error the running state stays
+    /// and the outcome says why; the log and the metrics say the same.
+    pub(crate) async fn reload(&mut self, path: Option<PathBuf>) -> ReloadOutcome {
+        let path = path.unwrap_or_else(|| self.path.clone());
+        let started = std::time::Instant::now();
+        match self.apply(&path) {
+            Ok(plan) => {
+                self.path = path.clone();
+                self.metrics.reload.succeeded();
+                let mut text = report(&plan);
+                let https: Vec<String> = self
+                    .state
+                    .load()
+                    .services
+                    .iter()
+                    .filter(|s| s.config.mode == Mode::Https)
+                    .map(|s| s.config.name.clone())
+                    .collect();
+                if !https.is_empty() {
+                    let _ = writeln!(text, "certificates re-read: {}", https.join(", "));
+                }
+                tracing::info!(
+                    file = %path.display(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "configuration reloaded: {}",
+                    text.trim_end().replace('\n', "; ")
+                );
+                for f in &plan.needs_restart {
+                    tracing::warn!("reload: {f} changed and needs a restart; the running value stays");
+                }
+                ReloadOutcome { applied: true, report: text }
+            }
+            Err(e) => {
+                self.metrics.reload.failed();
+                tracing::error!(file = %path.display(), "reload refused, the running configuration stays:\n{e}");
+                ReloadOutcome { applied: false, report: format!("{e}\n") }
+            }
+        }
+    }
+
+    fn apply(&mut self, path: &std::path::Path) -> Result<Plan, String> {
+        let new = config::load(path).map_err(|e| e.to_string())?;
+        let old = self.state.load_full();
+        let plan = plan(&old.config, &new);
+        let new = effective(&old.config, new);
+        let state = Arc::new(State::rebuild(new, &self.metrics, &Carry::from_state(&old)));
+        let serving = serving_parts(&state, &self.metrics, &self.drain).map_err(|e| e.to_string())?;
+        let bound = self.listeners.bind_missing(&state).map_err(|e| e.to_string())?;
+        if plan.rules_changed() {
+            let ports: Vec<u16> = state.services.iter().map(|s| s.listener_port).collect();
+            // The new listeners are bound: the rules may point at them now. On failure nft
+            // applied nothing (one transaction) and the new sockets close with `bound`.
+            intercept::reload(&old.config, &state.config, &ports).map_err(|e| e.to_string())?;
+        }
+        // From here on nothing can fail: the new state serves.
+        self.listeners.serve(bound, &state, &serving, &self.drain, &self.stop);
+        self.state.store(state.clone());
+        let closing = state.commit(Some(&old));
+        if !closing.is_empty() {
+            let limit = state.config.global.drain_timeout;
+            tokio::spawn(async move {
+                tokio::time::sleep(limit).await;
+                for s in closing {
+                    if s.live.is_closing() && s.active() > 0 {
+                        tracing::info!(server = %s.label, active = s.active(), "drain time over: closing the remaining connections of a removed or draining server");
+                    }
+                    s.live.cut();
+                }
+            });
+        }
+        self.checkers.reconcile(&state);
+        Ok(plan)
+    }
+}
