@@ -157,3 +157,26 @@ pub fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Asserts that the table loaded in the balancer is exactly what `portier nft --config FILE`
+/// prints: the printed text is loaded into a scratch namespace and both are listed by nft.
+pub fn assert_loaded_table_is_printed(lab: &Lab, config: &Path) {
+    use std::process::{Command, Stdio};
+    let out = Command::new(exe()).args(["nft", "--config"]).arg(config).output().unwrap();
+    assert!(out.status.success(), "portier nft: {}", String::from_utf8_lossy(&out.stderr));
+    let scratch =
+        portier::lab::Netns::create(&format!("{}-nft", lab.name_prefix())).expect("scratch namespace");
+    let mut load = scratch
+        .command("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    load.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+    let res = load.wait_with_output().unwrap();
+    assert!(res.status.success(), "nft -f: {}", String::from_utf8_lossy(&res.stderr));
+    let list =
+        |ns: &portier::lab::Netns| ns.sh(&["nft", "list", "table", "inet", "portier"]).expect("nft list");
+    assert_eq!(list(&lab.balancer), list(&scratch), "the loaded table differs from `portier nft`");
+}
