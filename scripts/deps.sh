@@ -16,6 +16,8 @@ PACKAGES=(
   baresip-core               # baresip: a real softphone in the SIP lab tests
   socat                      # TLS in front of the Exchange UM emulator (Debian's sipp has no TLS)
   procps                     # kill (stops sipp emulators cleanly) and sysctl in the lab tests
+  wrk                        # HTTP load during the reload-under-load lab test
+  iperf3                     # a long L4 stream during the reload-under-load lab test
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -39,6 +41,6 @@ for m in nft_tproxy nft_socket nf_tproxy_ipv4 nf_tproxy_ipv6 veth bridge; do
   modprobe -q "$m" 2>/dev/null || true
 done
 
-for tool in nft ip curl promtool nginx h2load openssl sipp baresip socat kill sysctl ss nstat timeout cargo; do
+for tool in nft ip curl promtool nginx h2load openssl sipp baresip socat kill sysctl ss nstat timeout wrk iperf3 cargo; do
   command -v "$tool" >/dev/null || { echo "scripts/deps.sh: $tool not found after install" >&2; exit 1; }
 done
