@@ -223,3 +223,29 @@ fn a_drained_server_takes_no_new_connections_and_keeps_its_own() {
     }
     assert!(by.contains(&"cas02".to_string()));
 }
+
+#[test]
+fn a_service_removed_and_added_back_at_once_serves_again() {
+    let list = servers(&["198.18.2.11", "198.18.2.12", "198.18.2.13"]);
+    let s = setup(LabSpec { backends: 3, extra_clients: 1 }, &[135, 8080], &cfg(&list, WEB));
+    assert_eq!(s.greet(c4(0), vip4(8080)).backend, "cas03");
+    // Well within the removed listener's closing grace: its socket is taken over, not re-bound.
+    for round in 0..3 {
+        s.portier.write_config(&cfg(&list, "")).unwrap();
+        let (code, out) = reload(&s);
+        assert_eq!(code, 0, "round {round}: {out}");
+        s.portier.write_config(&cfg(&list, WEB)).unwrap();
+        let (code, out) = reload(&s);
+        assert_eq!(code, 0, "round {round}: {out}");
+        assert_eq!(s.greet(c4(1), vip4(8080)).backend, "cas03", "round {round}");
+    }
+    // And once closed for good, the port is free for a later service again.
+    s.portier.write_config(&cfg(&list, "")).unwrap();
+    assert_eq!(reload(&s).0, 0);
+    std::thread::sleep(Duration::from_millis(1200));
+    s.portier.write_config(&cfg(&list, WEB)).unwrap();
+    let (code, out) = reload(&s);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(s.greet(c4(1), vip4(8080)).backend, "cas03");
+    assert_loaded_table_is_printed(&s.lab, &s.portier.config_path);
+}

@@ -32,12 +32,8 @@ impl Serving {
     }
 }
 
-/// After its rules are gone, a removed listener still takes what was already queued on it
-/// (connections that completed their handshake before the nftables swap) for this long.
-pub const CLOSING_GRACE: Duration = Duration::from_millis(500);
-
-/// Accepts until `close` turns true (the listener left the configuration: it drains its
-/// queue for `CLOSING_GRACE`, then the socket closes). Once `stop` turns true (portier is
+/// Accepts until `close` turns true (the listener left the configuration and has taken
+/// what was queued on it: the runtime decides when). Once `stop` turns true (portier is
 /// stopping) it keeps accepting but resets every new connection, so clients get a fast
 /// refusal instead of SYNs that the still-installed tproxy rule diverts to nobody.
 pub async fn accept_loop(
@@ -47,15 +43,10 @@ pub async fn accept_loop(
     stop: watch::Receiver<bool>,
     mut close: watch::Receiver<bool>,
 ) {
-    let mut closing_until: Option<tokio::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = stopped(&mut close), if closing_until.is_none() => {
-                closing_until = Some(tokio::time::Instant::now() + CLOSING_GRACE);
-                continue;
-            }
-            _ = tokio::time::sleep_until(closing_until.unwrap_or_else(tokio::time::Instant::now)), if closing_until.is_some() => return,
+            _ = stopped(&mut close) => return,
         };
         match accepted {
             Ok((stream, peer)) if *stop.borrow() => refuse(&stream, peer, "stopping: connection reset"),

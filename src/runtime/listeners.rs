@@ -2,10 +2,17 @@
 //! slot holding what it serves (swapped by a reload) and its own close signal. A reload binds
 //! the listeners it needs before the rules point at them and closes those no rule points at
 //! any more; a listener whose address stays keeps its socket (and its queue).
+//!
+//! A listener no rule points at any more still takes, for `CLOSING_GRACE`, the connections
+//! that were queued on it before the nftables swap; wanted again meanwhile (a service removed
+//! and added back, a port passed to another service) it simply serves again, so no bind can
+//! race its closing socket. Closing happens on the runtime's own loop (`reap`), never in the
+//! accept task, so a reload and a close never cross.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -19,10 +26,15 @@ use crate::proxy::accept::{accept_loop, Serving};
 use crate::proxy::Drain;
 use crate::state::State;
 
+/// How long a listener no rule points at any more keeps accepting what is queued on it.
+pub const CLOSING_GRACE: Duration = Duration::from_millis(500);
+
 struct Handle {
     slot: Arc<ArcSwap<Serving>>,
     close: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// Since when no service wants it.
+    closing_since: Option<Instant>,
 }
 
 /// Listeners bound for a new state but not serving yet.
@@ -78,9 +90,17 @@ impl Listeners {
         let wanted = wanted(state);
         let slot_of =
             |name: &str| serving.get(name).expect("a serving part is built for every service").clone();
-        for (addr, handle) in &self.running {
-            if let Some(name) = wanted.get(addr) {
-                handle.slot.store(slot_of(name));
+        for (addr, handle) in &mut self.running {
+            match wanted.get(addr) {
+                Some(name) => {
+                    handle.slot.store(slot_of(name));
+                    handle.closing_since = None;
+                }
+                None if handle.closing_since.is_none() => {
+                    tracing::info!(listener = %addr, "listener closing: no service uses it any more");
+                    handle.closing_since = Some(Instant::now());
+                }
+                None => {}
             }
         }
         for (addr, listener) in bound.0 {
@@ -88,16 +108,25 @@ impl Listeners {
             let (close, close_rx) = watch::channel(false);
             let task =
                 tokio::spawn(accept_loop(listener, slot.clone(), drain.clone(), stop.clone(), close_rx));
-            self.running.insert(addr, Handle { slot, close, task });
+            self.running.insert(addr, Handle { slot, close, task, closing_since: None });
         }
+    }
+
+    /// Closes the listeners no service has wanted for `CLOSING_GRACE`.
+    pub fn reap(&mut self, now: Instant) {
         self.running.retain(|addr, h| {
-            let keep = wanted.contains_key(addr);
-            if !keep {
-                tracing::info!(listener = %addr, "listener closed: no service uses it any more");
+            let done = h.closing_since.is_some_and(|t| now.saturating_duration_since(t) >= CLOSING_GRACE);
+            if done {
+                tracing::debug!(listener = %addr, "listener closed");
                 let _ = h.close.send(true);
             }
-            keep
+            !done
         });
+    }
+
+    /// Whether a listener is waiting for `reap`.
+    pub fn closing(&self) -> bool {
+        self.running.values().any(|h| h.closing_since.is_some())
     }
 
     /// Ends every accept task (after the drain).

@@ -142,8 +142,12 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
         listeners,
         checkers,
     };
+    let mut reap = tokio::time::interval(listeners::CLOSING_GRACE / 2);
     let why = loop {
         tokio::select! {
+            _ = reap.tick(), if running.listeners.closing() => {
+                running.listeners.reap(std::time::Instant::now());
+            }
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
             _ = sighup.recv() => {
