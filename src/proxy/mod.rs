@@ -2,6 +2,7 @@
 
 pub mod http;
 pub mod relay;
+pub mod retry;
 pub mod sni;
 pub mod splice;
 pub mod tcp;

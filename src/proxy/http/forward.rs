@@ -18,10 +18,9 @@ use super::upstream::{connect, UpstreamKey};
 use super::{ConnState, HttpService, InFlight};
 use crate::balance::{ActiveGuard, Pool, Server};
 use crate::config::{AccessLog, Mode, Source};
-use crate::net::{ClientAddr, OrigDstAddr, UpstreamSource};
+use crate::net::{ClientAddr, OrigDstAddr};
+use crate::proxy::retry::MAX_ATTEMPTS;
 use crate::state::Sticky;
-
-const MAX_ATTEMPTS: usize = 3;
 
 /// Request facts kept for the access log.
 struct Facts {
@@ -255,11 +254,7 @@ pub async fn handle(
         if svc.routes.is_empty() { None } else { route(&svc.routes, req_host(&req), req.uri().path()) };
     let pool = routed.unwrap_or_else(|| svc.default_pool()).clone();
     let tls = if hs.upstream_tls.is_empty() { None } else { hs.upstream_tls.get(&pool.name) };
-    let source = match svc.config.source {
-        Source::Client => UpstreamSource::Client(client.ip()),
-        Source::Balancer => UpstreamSource::Kernel,
-        Source::Address(ip) => UpstreamSource::Fixed(ip),
-    };
+    let source = svc.upstream_source(client);
     let now = started;
     let cookies = || req.headers().get_all(header::COOKIE).into_iter().map(HeaderValue::as_bytes);
     let hint = preferred(&hs, &pool, cookies, now);

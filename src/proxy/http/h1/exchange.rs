@@ -12,13 +12,13 @@ use tokio::time::Instant;
 
 use super::chunked::{ChunkError, Chunked};
 use super::head::{self, Framing, Parsed};
-use super::{send, Conn, Next, COALESCE, MAX_ATTEMPTS, READ_SIZE};
+use super::{send, Conn, Next, COALESCE, READ_SIZE};
 use crate::balance::{ActiveGuard, Server};
 use crate::config::{AccessLog, Source};
-use crate::net::UpstreamSource;
 use crate::proxy::http::log::{format, AccessRecord};
 use crate::proxy::http::route::{route, set_cookie_value};
 use crate::proxy::http::upstream::{open, ServerIo, UpstreamKey};
+use crate::proxy::retry::MAX_ATTEMPTS;
 use crate::state::Sticky;
 
 /// Why a response head did not arrive.
@@ -137,11 +137,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
         let routed = if svc.routes.is_empty() { None } else { route(&svc.routes, host, path) };
         let pool = routed.unwrap_or_else(|| svc.default_pool()).clone();
         let tls = if hs.upstream_tls.is_empty() { None } else { hs.upstream_tls.get(&pool.name) };
-        let source = match svc.config.source {
-            Source::Client => UpstreamSource::Client(self.client.ip()),
-            Source::Balancer => UpstreamSource::Kernel,
-            Source::Address(ip) => UpstreamSource::Fixed(ip),
-        };
+        let source = svc.upstream_source(self.client);
         let now = started;
         let hint = crate::proxy::http::forward::preferred(
             hs,

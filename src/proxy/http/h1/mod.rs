@@ -49,7 +49,6 @@ const MAX_BUFFERED: usize = 64 * 1024;
 const MAX_IDLE_SERVERS: usize = 4;
 /// Older idle server connections are closed rather than reused (IIS closes at 120 s).
 const SERVER_MAX_IDLE: Duration = Duration::from_secs(60);
-const MAX_ATTEMPTS: usize = 3;
 
 struct Idle {
     key: UpstreamKey,
