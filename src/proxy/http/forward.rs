@@ -16,7 +16,7 @@ use super::policy::{Answer, Connect, Connected, End, Facts};
 use super::upstream::{connect, ConnFuture, UpstreamError, UpstreamKey, UpstreamPool, UpstreamTlsConfig};
 use super::{ConnState, HttpService, InFlight};
 use crate::balance::{ActiveGuard, Server};
-use crate::config::{Mode, Source};
+use crate::config::Mode;
 use crate::net::{ClientAddr, OrigDstAddr};
 
 struct Exchange {
@@ -266,14 +266,12 @@ pub async fn handle(
             }
         }
     }
-    if svc.config.source != Source::Client {
+    if let Some(f) = hs.client_fields(client) {
         // The server cannot see the client: tell it, in the old and the standard header.
-        let ip = client.ip();
-        let _ = HeaderValue::from_str(&ip.to_string()).map(|v| parts.headers.append("x-forwarded-for", v));
-        parts.headers.insert("x-forwarded-proto", HeaderValue::from_static(hs.scheme));
-        let for_ = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
-        let fwd = format!("for={for_};proto={}", hs.scheme);
-        let _ = HeaderValue::from_str(&fwd).map(|v| parts.headers.append("forwarded", v));
+        let _ = HeaderValue::try_from(f.ip.to_string()).map(|v| parts.headers.append("x-forwarded-for", v));
+        parts.headers.insert("x-forwarded-proto", HeaderValue::from_static(f.proto));
+        let _ =
+            HeaderValue::try_from(f.forwarded().to_string()).map(|v| parts.headers.append("forwarded", v));
     }
     parts.version = Version::HTTP_11;
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
@@ -298,12 +296,12 @@ pub async fn handle(
     let resp = match answered {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            tracing::warn!(service = %svc.config.name, %client, server = %server.label, "server response failed: {e}");
-            return answer(&hs, facts, h2, in_flight, Answer::ServerFailed, &target.pool.name);
+            let a = hs.response_failed(client, &server, &e);
+            return answer(&hs, facts, h2, in_flight, a, &target.pool.name);
         }
         Err(_) => {
-            tracing::warn!(service = %svc.config.name, %client, server = %server.label, "no response within {timeout:?}");
-            return answer(&hs, facts, h2, in_flight, Answer::Timeout, &target.pool.name);
+            let a = hs.response_timed_out(client, &server);
+            return answer(&hs, facts, h2, in_flight, a, &target.pool.name);
         }
     };
     let mut resp = resp;

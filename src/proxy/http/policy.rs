@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,7 +17,7 @@ use super::route::{cookie, route_at, set_cookie_value};
 use super::upstream::{UpstreamError, UpstreamKey, UpstreamTlsConfig};
 use super::HttpService;
 use crate::balance::{ActiveGuard, Pool, Server};
-use crate::config::AccessLog;
+use crate::config::{AccessLog, Source};
 use crate::net::{ClientAddr, OrigDstAddr};
 use crate::proxy::retry::{report_refused, Attempts, Refusal};
 use crate::state::Sticky;
@@ -140,6 +141,34 @@ impl fmt::Display for StickyCookie<'_> {
             f.write_str("; Secure")?;
         }
         Ok(())
+    }
+}
+
+/// Who the client is, for a server behind SNAT that cannot see it: the values of
+/// `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` (RFC 7239).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientFields {
+    pub ip: IpAddr,
+    /// "http" or "https": the scheme the client used.
+    pub proto: &'static str,
+}
+
+impl ClientFields {
+    /// The `Forwarded` value; Display, so the fast path writes it without a string.
+    pub fn forwarded(self) -> impl fmt::Display {
+        struct Forwarded(ClientFields);
+        impl fmt::Display for Forwarded {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let ClientFields { ip, proto } = self.0;
+                // An IPv6 node is quoted and bracketed (RFC 7239 6).
+                if ip.is_ipv6() {
+                    write!(f, "for=\"[{ip}]\";proto={proto}")
+                } else {
+                    write!(f, "for={ip};proto={proto}")
+                }
+            }
+        }
+        Forwarded(self)
     }
 }
 
@@ -279,6 +308,27 @@ impl HttpService {
             max_age: expire.as_secs(),
             secure: self.scheme == "https",
         })
+    }
+
+    /// What to tell a server about the client; None when it sees the client itself
+    /// (transparent). A client's own claims in these fields are not passed on as portier's.
+    pub fn client_fields(&self, client: ClientAddr) -> Option<ClientFields> {
+        (self.svc.config.source != Source::Client)
+            .then_some(ClientFields { ip: client.ip(), proto: self.scheme })
+    }
+
+    /// Logs why a server's response failed (details for the log, not the client) and gives
+    /// the answer for it.
+    pub fn response_failed(&self, client: ClientAddr, server: &Server, why: &dyn fmt::Display) -> Answer {
+        tracing::warn!(service = %self.svc.config.name, %client, server = %server.label, "server response failed: {why}");
+        Answer::ServerFailed
+    }
+
+    /// Logs a server that did not answer within the response timeout and gives the answer.
+    pub fn response_timed_out(&self, client: ClientAddr, server: &Server) -> Answer {
+        let timeout = self.svc.config.response_timeout;
+        tracing::warn!(service = %self.svc.config.name, %client, server = %server.label, "no response within {timeout:?}");
+        Answer::Timeout
     }
 
     /// Counts a server's response by status class.

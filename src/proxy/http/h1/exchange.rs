@@ -13,7 +13,6 @@ use tokio::time::Instant;
 use super::chunked::{ChunkError, Chunked};
 use super::head::{self, Framing, Parsed};
 use super::{checkout, send, Conn, Idle, Next, COALESCE, READ_SIZE};
-use crate::config::Source;
 use crate::proxy::http::policy::{Answer, Connect, Connected, End, Facts};
 use crate::proxy::http::upstream::{open, ServerIo, UpstreamError, UpstreamKey, UpstreamTlsConfig};
 
@@ -161,18 +160,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
 
         // The head and the body (read whole by `read_body`) in one write.
         self.out.clear();
-        let snat = svc.config.source != Source::Client;
+        let told = hs.client_fields(self.client);
         // Behind SNAT portier says which scheme the client used; a client's own claim goes.
-        let own: &[&[u8]] = if snat { &[b"x-forwarded-proto"] } else { &[] };
+        let own: &[&[u8]] = if told.is_some() { &[b"x-forwarded-proto"] } else { &[] };
         self.req.write_request(&self.buf, &mut self.out, own);
-        if snat {
-            // The server cannot see the client: tell it, in the old and the standard field.
+        if let Some(f) = told {
             // Written in place (io::Write on the Vec): no string per request.
-            let (ip, scheme) = (self.client.ip(), hs.scheme);
-            let _ =
-                write!(self.out, "X-Forwarded-For: {ip}\r\nX-Forwarded-Proto: {scheme}\r\nForwarded: for=");
-            let _ = if ip.is_ipv6() { write!(self.out, "\"[{ip}]\"") } else { write!(self.out, "{ip}") };
-            let _ = write!(self.out, ";proto={scheme}\r\n");
+            let _ = write!(
+                self.out,
+                "X-Forwarded-For: {}\r\nX-Forwarded-Proto: {}\r\nForwarded: {}\r\n",
+                f.ip,
+                f.proto,
+                f.forwarded()
+            );
         }
         self.out.extend_from_slice(b"\r\n");
         self.out.extend_from_slice(&self.buf[self.req.len..self.pending]);
@@ -213,17 +213,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
                 return Next::Close;
             }
             Err(RespError::Timeout) => {
-                tracing::warn!(service = %svc.config.name, client = %self.client, server = %server.label, "no response within {timeout:?}");
-                return self.answer(&facts, Answer::Timeout, &target.pool.name, true).await;
+                let a = hs.response_timed_out(self.client, &server);
+                return self.answer(&facts, a, &target.pool.name, true).await;
             }
             Err(e) => {
-                let why = match e {
-                    RespError::Eof => "connection closed before a response".to_string(),
-                    RespError::Io(e) => e.to_string(),
-                    _ => "invalid response head".to_string(),
+                let why: &dyn std::fmt::Display = match &e {
+                    RespError::Eof => &"connection closed before a response",
+                    RespError::Io(e) => e,
+                    _ => &"invalid response head",
                 };
-                tracing::warn!(service = %svc.config.name, client = %self.client, server = %server.label, "server response failed: {why}");
-                return self.answer(&facts, Answer::ServerFailed, &target.pool.name, true).await;
+                let a = hs.response_failed(self.client, &server, why);
+                return self.answer(&facts, a, &target.pool.name, true).await;
             }
         }
 

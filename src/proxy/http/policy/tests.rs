@@ -275,3 +275,14 @@ fn the_access_log_copies_nothing_when_off() {
     );
     hs.finish(&facts, End { status: 200, server: None, bytes_in: 0, bytes_out: 2, complete: true });
 }
+
+#[test]
+fn a_server_behind_snat_is_told_the_client() {
+    assert!(service("web", "").client_fields(client()).is_none(), "transparent: the server sees the client");
+    let hs = service("web", "source = \"balancer\"");
+    let f = hs.client_fields(client()).expect("snat");
+    assert_eq!((f.ip.to_string().as_str(), f.proto), ("198.18.1.2", "http"));
+    assert_eq!(f.forwarded().to_string(), "for=198.18.1.2;proto=http");
+    let v6 = ClientFields { ip: "2001:db8::2".parse().expect("ip"), proto: "https" };
+    assert_eq!(v6.forwarded().to_string(), "for=\"[2001:db8::2]\";proto=https");
+}
