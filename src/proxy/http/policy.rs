@@ -6,7 +6,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,8 +18,13 @@ use super::HttpService;
 use crate::balance::{ActiveGuard, Pool, Server};
 use crate::config::{AccessLog, Source};
 use crate::net::{ClientAddr, OrigDstAddr};
-use crate::proxy::retry::{report_refused, Attempts, Refusal};
+use crate::proxy::retry::{report_refused, Attempts};
 use crate::state::Sticky;
+
+mod answer;
+mod fields;
+pub use answer::Answer;
+pub use fields::{ClientFields, StickyCookie};
 
 /// What one route position of a service leads to, resolved once when the service is built:
 /// position 0 is the default pool, 1.. the routes in their order.
@@ -59,117 +63,6 @@ pub struct Connected<C> {
     pub conn: C,
     /// Counts the connection on the server (leastconn, active gauge) until dropped.
     pub guard: ActiveGuard,
-}
-
-/// The answers portier makes itself when no server gives one. Their texts are plain: a
-/// reason and at most the pool's name; server addresses and OS errors go to the log only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Answer {
-    /// No server of the pool is usable.
-    NoServer,
-    /// Every server tried refused the connection.
-    NoneAccepted,
-    /// The server's response failed or was not valid HTTP.
-    ServerFailed,
-    /// The server did not answer within the response timeout.
-    Timeout,
-}
-
-impl From<Refusal> for Answer {
-    fn from(r: Refusal) -> Answer {
-        match r {
-            Refusal::NoServer => Answer::NoServer,
-            Refusal::NoneAccepted => Answer::NoneAccepted,
-        }
-    }
-}
-
-impl Answer {
-    pub fn status(self) -> u16 {
-        match self {
-            Answer::NoServer => 503,
-            Answer::NoneAccepted | Answer::ServerFailed => 502,
-            Answer::Timeout => 504,
-        }
-    }
-
-    /// The reason phrase of the status line.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Answer::NoServer => "Service Unavailable",
-            Answer::NoneAccepted | Answer::ServerFailed => "Bad Gateway",
-            Answer::Timeout => "Gateway Timeout",
-        }
-    }
-
-    /// The body (text/plain) for a request to `pool`.
-    pub fn text(self, pool: &str) -> String {
-        match self {
-            Answer::NoServer => format!("503 service unavailable: no server of pool {pool} is up\n"),
-            Answer::NoneAccepted => {
-                format!("502 bad gateway: no server of pool {pool} accepted the connection\n")
-            }
-            Answer::ServerFailed => format!("502 bad gateway: the server of pool {pool} failed to answer\n"),
-            Answer::Timeout => {
-                format!("504 gateway timeout: the server of pool {pool} did not answer in time\n")
-            }
-        }
-    }
-
-    /// What the refusal log line says happened to the request.
-    fn outcome(self) -> &'static str {
-        match self {
-            Answer::NoServer => "503",
-            _ => "502",
-        }
-    }
-}
-
-/// The value of portier's stickiness cookie for one server, written where each path needs
-/// it (Display: into the fast path's buffer without a string, or a header value).
-pub struct StickyCookie<'a> {
-    name: &'a str,
-    value: &'a str,
-    max_age: u64,
-    secure: bool,
-}
-
-impl fmt::Display for StickyCookie<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={}; Path=/; Max-Age={}; HttpOnly", self.name, self.value, self.max_age)?;
-        if self.secure {
-            f.write_str("; Secure")?;
-        }
-        Ok(())
-    }
-}
-
-/// Who the client is, for a server behind SNAT that cannot see it: the values of
-/// `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` (RFC 7239).
-#[derive(Debug, Clone, Copy)]
-pub struct ClientFields {
-    pub ip: IpAddr,
-    /// "http" or "https": the scheme the client used.
-    pub proto: &'static str,
-}
-
-impl ClientFields {
-    /// The `Forwarded` value; Display, so the fast path writes it without a string.
-    pub fn forwarded(self) -> impl fmt::Display {
-        struct Forwarded(ClientFields);
-        impl fmt::Display for Forwarded {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                let ClientFields { ip, proto } = self.0;
-                // An IPv6 node is quoted and bracketed (RFC 7239 6).
-                if ip.is_ipv6() {
-                    write!(f, "for=\"[{ip}]\";proto={proto}")
-                } else {
-                    write!(f, "for={ip};proto={proto}")
-                }
-            }
-        }
-        Forwarded(self)
-    }
 }
 
 /// Host, method and path of a request, copied only when the access log is on.

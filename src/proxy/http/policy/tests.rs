@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::metrics::Metrics;
-use crate::proxy::retry::MAX_ATTEMPTS;
+use crate::proxy::retry::{Refusal, MAX_ATTEMPTS};
 use crate::proxy::Drain;
 use crate::state::State;
 
