@@ -3,6 +3,7 @@
 pub mod accept;
 pub mod http;
 pub mod relay;
+pub mod retry;
 pub mod sni;
 pub mod splice;
 pub mod tcp;

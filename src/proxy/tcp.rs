@@ -6,15 +6,13 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 use super::http::route::route;
+use super::retry::{report_refused, Attempts};
 use super::sni::peek_client_hello;
 use super::splice::relay_splice;
 use crate::balance::ActiveGuard;
-use crate::config::{Mode, Source};
-use crate::net::{connect_upstream, ClientAddr, OrigDstAddr, UpstreamSource};
+use crate::config::Mode;
+use crate::net::{connect_upstream, ClientAddr, OrigDstAddr};
 use crate::state::Service;
-
-/// Connect attempts per client connection (the first choice plus redispatches).
-const MAX_ATTEMPTS: usize = 3;
 
 /// One intercepted connection of a tcp or tls service, from accept to close.
 pub(crate) async fn handle(client_stream: TcpStream, client: ClientAddr, svc: &Service) {
@@ -44,15 +42,12 @@ pub(crate) async fn handle(client_stream: TcpStream, client: ClientAddr, svc: &S
     } else {
         svc.default_pool().clone()
     };
-    let source = match svc.config.source {
-        Source::Client => UpstreamSource::Client(client.ip()),
-        Source::Balancer => UpstreamSource::Kernel,
-        Source::Address(ip) => UpstreamSource::Fixed(ip),
-    };
+    let source = svc.upstream_source(client);
     let started = Instant::now();
-    let mut tried: Vec<usize> = Vec::with_capacity(MAX_ATTEMPTS);
-    while tried.len() < MAX_ATTEMPTS {
-        let Some(i) = svc.choose_in(&pool, client.ip(), None, &tried, Instant::now()) else { break };
+    let mut attempts = Attempts::default();
+    loop {
+        let next = attempts.next(|tried| svc.choose_in(&pool, client.ip(), None, tried, Instant::now()));
+        let Ok(i) = next else { break };
         let server = pool.servers[i].clone();
         let target = server.target(orig.port());
         let mut guard = ActiveGuard::new(server.clone());
@@ -95,18 +90,11 @@ pub(crate) async fn handle(client_stream: TcpStream, client: ClientAddr, svc: &S
             Err(e) => {
                 server.metrics.connect_errors.inc();
                 tracing::warn!(service = %svc.config.name, %client, server = %server.label, %target, "connect failed, trying another server: {e}");
-                tried.push(i);
+                attempts.failed(i);
             }
         }
     }
-    svc.metrics.no_server.inc();
-    if svc.no_server_log.allow() {
-        tracing::warn!(
-            service = %svc.config.name, %client, dst = %orig, pool = %pool.name, tried = tried.len(),
-            suppressed = svc.no_server_log.take_suppressed(),
-            "no server available: connection refused"
-        );
-    }
+    report_refused(svc, client, orig, &pool, &attempts, "connection refused");
     // Reset rather than a polite FIN: the client must see a refusal, not an empty answer.
     let _ = socket2::SockRef::from(&client_stream).set_linger(Some(Duration::ZERO));
 }

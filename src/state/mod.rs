@@ -19,6 +19,7 @@ use crate::balance::{Pool, Server, StickyTable};
 use crate::config::{Config, RouteConfig, ServiceConfig, Source, StickyBy};
 use crate::intercept::listener_ports;
 use crate::metrics::{Metrics, ServiceMetrics};
+use crate::net::{ClientAddr, UpstreamSource};
 
 /// How a service keeps a client on one server.
 pub enum Sticky {
@@ -122,6 +123,16 @@ impl Service {
             servers.push(pool.servers[i].config.address);
             Some(i)
         })
+    }
+
+    /// Where this service's connections to servers leave from for `client`: one mapping for
+    /// the L4 and both L7 paths.
+    pub fn upstream_source(&self, client: ClientAddr) -> UpstreamSource {
+        match self.config.source {
+            Source::Client => UpstreamSource::Client(client.ip()),
+            Source::Balancer => UpstreamSource::Kernel,
+            Source::Address(ip) => UpstreamSource::Fixed(ip),
+        }
     }
 
     /// Keeps the client's stickiness alive while one of its connections is open.

@@ -3,7 +3,7 @@
 //! forward head and streamed body, stream the response back, then finish the exchange.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -12,35 +12,17 @@ use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 
 use super::body::{BodySent, Finish, RequestBody, ResponseBody};
-use super::log::{format, AccessRecord};
-use super::route::{cookie, route, set_cookie_value};
-use super::upstream::{connect, UpstreamKey};
+use super::policy::{Answer, Connect, Connected, End, Facts};
+use super::upstream::{connect, ConnFuture, UpstreamError, UpstreamKey, UpstreamPool, UpstreamTlsConfig};
 use super::{ConnState, HttpService, InFlight};
-use crate::balance::{ActiveGuard, Pool, Server};
-use crate::config::{AccessLog, Mode, Source};
-use crate::net::{ClientAddr, OrigDstAddr, UpstreamSource};
-use crate::state::Sticky;
-
-const MAX_ATTEMPTS: usize = 3;
-
-/// Request facts kept for the access log.
-struct Facts {
-    started: Instant,
-    client: ClientAddr,
-    /// Host, method and path, copied only when the access log is on.
-    logged: Option<Box<Logged>>,
-    h2: bool,
-}
-
-struct Logged {
-    host: String,
-    method: String,
-    path: String,
-}
+use crate::balance::{ActiveGuard, Server};
+use crate::config::Mode;
+use crate::net::{ClientAddr, OrigDstAddr};
 
 struct Exchange {
     hs: Arc<HttpService>,
     facts: Facts,
+    h2: bool,
     status: u16,
     server: Option<Arc<Server>>,
     /// What the client uploaded (None: nothing was forwarded).
@@ -58,28 +40,38 @@ impl Finish for Exchange {
             // another client connection (IIS ties NTLM/Negotiate logins to the connection).
             this._in_flight.0.upstream.checkin(key, sender);
         }
-        let duration = this.facts.started.elapsed();
-        this.hs.metrics.duration.observe(duration.as_secs_f64());
-        if this.facts.h2 {
+        if this.h2 {
             this.hs.metrics.h2_streams.dec();
         }
-        let Some(logged) = &this.facts.logged else { return };
-        let rec = AccessRecord {
-            service: &this.hs.svc.config.name,
-            client: this.facts.client.0,
-            host: &logged.host,
-            method: &logged.method,
-            path: &logged.path,
-            status: this.status,
-            bytes_in: this.sent.as_ref().map_or(0, |s| s.seen.load(std::sync::atomic::Ordering::Relaxed)),
-            bytes_out,
-            server: this.server.as_ref().map(|s| s.label.as_str()).unwrap_or("-"),
-            duration,
-            complete,
-        };
-        if let Some(line) = format(&rec, this.hs.svc.config.access_log) {
-            tracing::info!(target: "portier::access", "{line}");
+        let bytes_in = this.sent.as_ref().map_or(0, |s| s.seen.load(std::sync::atomic::Ordering::Relaxed));
+        let end = End { status: this.status, server: this.server.as_deref(), bytes_in, bytes_out, complete };
+        this.hs.finish(&this.facts, end);
+    }
+}
+
+/// hyper's way to a server: a pooled `SendRequest` of this client connection, else a new
+/// connection whose I/O runs on the connection's driver.
+struct HyperConnect<'c> {
+    upstream: &'c UpstreamPool,
+    driver: &'c tokio::sync::mpsc::UnboundedSender<ConnFuture>,
+    tls: Option<&'c UpstreamTlsConfig>,
+    timeout: Duration,
+}
+
+impl Connect for HyperConnect<'_> {
+    type Conn = SendRequest<RequestBody>;
+
+    async fn connect(&mut self, key: &UpstreamKey) -> Result<Self::Conn, UpstreamError> {
+        // A pooled connection the server closed meanwhile is not the server's fault: open a
+        // fresh one to the same server before counting a failure.
+        if let Some(mut s) = self.upstream.checkout(key) {
+            if s.ready().await.is_ok() {
+                return Ok(s);
+            }
         }
+        let mut s = connect(key, self.tls, self.timeout, self.driver).await?;
+        s.ready().await.map_err(|e| UpstreamError::Handshake(key.server, e))?;
+        Ok(s)
     }
 }
 
@@ -148,6 +140,7 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 fn plain(
     hs: &Arc<HttpService>,
     facts: Facts,
+    h2: bool,
     in_flight: InFlight,
     status: StatusCode,
     text: String,
@@ -156,6 +149,7 @@ fn plain(
     let finish = Exchange {
         hs: hs.clone(),
         facts,
+        h2,
         status: status.as_u16(),
         server: None,
         sent: None,
@@ -170,32 +164,17 @@ fn plain(
     r
 }
 
-/// The server (index in `pool`) a cookie designates, for cookie and server-cookie stickiness.
-pub(super) fn preferred<'a, I: Iterator<Item = &'a [u8]>>(
-    hs: &HttpService,
-    pool: &Pool,
-    cookies: impl Fn() -> I,
-    now: Instant,
-) -> Option<usize> {
-    match hs.svc.sticky.as_ref()? {
-        Sticky::Cookie { name, .. } => {
-            let v = cookie(cookies(), name)?;
-            pool.index_of_cookie(v).or_else(|| {
-                // Set by another pool of this service (the one cookie has Path=/ for every
-                // route): the same host in this pool, as client-IP tables do.
-                let svc = &hs.svc;
-                svc.pool
-                    .iter()
-                    .chain(svc.routes.iter().map(|(_, p)| p))
-                    .find_map(|p| p.index_of_cookie(v).map(|i| p.servers[i].config.address))
-                    .and_then(|ip| pool.index_of(ip))
-            })
-        }
-        Sticky::ServerCookie { name, table } => {
-            cookie(cookies(), name).and_then(|v| table.get(v, now)).and_then(|ip| pool.index_of(ip))
-        }
-        Sticky::ClientIp(_) => None,
-    }
+/// One of the policy's answers (no server, server failed, timeout) for a request to `pool`.
+fn answer(
+    hs: &Arc<HttpService>,
+    facts: Facts,
+    h2: bool,
+    in_flight: InFlight,
+    a: Answer,
+    pool: &str,
+) -> Response<ResponseBody> {
+    let status = StatusCode::from_u16(a.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    plain(hs, facts, h2, in_flight, status, a.text(pool))
 }
 
 /// The request's host (authority, else Host header), None when empty.
@@ -226,104 +205,57 @@ pub async fn handle(
     }
     let started = Instant::now();
     let svc = &hs.svc;
-    let logged = (svc.config.access_log != AccessLog::Off).then(|| {
-        Box::new(Logged {
-            host: req_host(&req).unwrap_or_default().to_string(),
-            method: req.method().to_string(),
-            path: req_path(&req),
-        })
+    let facts = hs.facts(started, client, || {
+        let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        (req_host(&req), req.method().as_str().as_bytes(), path)
     });
-    let facts = Facts { started, client, logged, h2 };
 
     if svc.config.mode == Mode::Redirect {
         let host = req_host(&req).unwrap_or_default();
         if host.is_empty() || host.contains(['/', ' ', '@']) {
-            return plain(&hs, facts, in_flight, StatusCode::BAD_REQUEST, "no usable Host header\n".into());
+            return plain(
+                &hs,
+                facts,
+                h2,
+                in_flight,
+                StatusCode::BAD_REQUEST,
+                "no usable Host header\n".into(),
+            );
         }
         let host = super::route::bare_host(host).to_string();
         let host = if host.contains(':') { format!("[{host}]") } else { host };
         let location = format!("https://{host}{}", req_path(&req));
         let mut r =
-            plain(&hs, facts, in_flight, StatusCode::MOVED_PERMANENTLY, format!("moved to {location}\n"));
+            plain(&hs, facts, h2, in_flight, StatusCode::MOVED_PERMANENTLY, format!("moved to {location}\n"));
         if let Ok(v) = HeaderValue::from_str(&location) {
             r.headers_mut().insert(header::LOCATION, v);
         }
         return r;
     }
 
-    let routed =
-        if svc.routes.is_empty() { None } else { route(&svc.routes, req_host(&req), req.uri().path()) };
-    let pool = routed.unwrap_or_else(|| svc.default_pool()).clone();
-    let tls = if hs.upstream_tls.is_empty() { None } else { hs.upstream_tls.get(&pool.name) };
-    let source = match svc.config.source {
-        Source::Client => UpstreamSource::Client(client.ip()),
-        Source::Balancer => UpstreamSource::Kernel,
-        Source::Address(ip) => UpstreamSource::Fixed(ip),
-    };
+    let target = hs.target(req_host(&req), req.uri().path());
     let now = started;
-    let cookies = || req.headers().get_all(header::COOKIE).into_iter().map(HeaderValue::as_bytes);
-    let hint = preferred(&hs, &pool, cookies, now);
-
-    // Choose and connect; nothing has been sent yet, so a failure may try another server.
-    let mut tried = [0usize; MAX_ATTEMPTS];
-    let mut attempts = 0;
-    let mut last_error = String::new();
-    let (i, server, key, mut sender, mut guard) = loop {
-        if attempts >= MAX_ATTEMPTS {
-            let text = format!(
-                "502 bad gateway: no server of pool {} accepted the connection ({last_error})\n",
-                pool.name
-            );
-            return plain(&hs, facts, in_flight, StatusCode::BAD_GATEWAY, text);
-        }
-        let Some(i) = svc.choose_in(&pool, client.ip(), hint, &tried[..attempts], now) else {
-            svc.metrics.no_server.inc();
-            if attempts == 0 {
-                if svc.no_server_log.allow() {
-                    tracing::warn!(service = %svc.config.name, pool = %pool.name, %client, "no server available: 503");
-                }
-                let text = format!("503 service unavailable: no server of pool {} is up\n", pool.name);
-                return plain(&hs, facts, in_flight, StatusCode::SERVICE_UNAVAILABLE, text);
-            }
-            let text = format!(
-                "502 bad gateway: no server of pool {} accepted the connection ({last_error})\n",
-                pool.name
-            );
-            return plain(&hs, facts, in_flight, StatusCode::BAD_GATEWAY, text);
-        };
-        let server = pool.servers[i].clone();
-        let key = UpstreamKey { server: server.target(orig.port()), source, tls: tls.map_or(0, |t| t.id()) };
-        let guard = ActiveGuard::new(server.clone());
-        // A pooled connection the server closed meanwhile is not the server's fault: open a
-        // fresh one to the same server before counting a failure.
-        let pooled = match in_flight.0.upstream.checkout(&key) {
-            Some(mut s) => s.ready().await.ok().map(|()| s),
-            None => None,
-        };
-        let sender = match pooled {
-            Some(s) => Ok(s),
-            None => connect(&key, tls, svc.config.connect_timeout, &in_flight.0.driver).await,
-        };
-        match sender {
-            Ok(mut s) => match s.ready().await {
-                Ok(()) => break (i, server, key, s, guard),
-                Err(e) => last_error = format!("{}: {e}", server.label),
-            },
-            Err(e) => {
-                server.metrics.connect_errors.inc();
-                tracing::warn!(service = %svc.config.name, %client, server = %server.label, "upstream failed, trying another server: {e}");
-                last_error = e.to_string();
-            }
-        }
-        tried[attempts] = i;
-        attempts += 1;
+    let hint = hs.hint(
+        &target,
+        || req.headers().get_all(header::COOKIE).into_iter().map(HeaderValue::as_bytes),
+        now,
+    );
+    let mut how = HyperConnect {
+        upstream: &in_flight.0.upstream,
+        driver: &in_flight.0.driver,
+        tls: target.tls,
+        timeout: svc.config.connect_timeout,
     };
-    guard.connected();
+    let chosen = hs.connect(&target, client, orig, hint, now, &mut how).await;
+    let Connected { index: i, server, key, conn: mut sender, guard } = match chosen {
+        Ok(c) => c,
+        Err(a) => return answer(&hs, facts, h2, in_flight, a, &target.pool.name),
+    };
 
     let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     hop_by_hop(&mut parts.headers, client_upgrade.is_some());
-    if facts.h2 {
+    if h2 {
         join_cookies(&mut parts.headers);
     }
     if !parts.headers.contains_key(header::HOST) {
@@ -334,14 +266,12 @@ pub async fn handle(
             }
         }
     }
-    if svc.config.source != Source::Client {
+    if let Some(f) = hs.client_fields(client) {
         // The server cannot see the client: tell it, in the old and the standard header.
-        let ip = client.ip();
-        let _ = HeaderValue::from_str(&ip.to_string()).map(|v| parts.headers.append("x-forwarded-for", v));
-        parts.headers.insert("x-forwarded-proto", HeaderValue::from_static(hs.scheme));
-        let for_ = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
-        let fwd = format!("for={for_};proto={}", hs.scheme);
-        let _ = HeaderValue::from_str(&fwd).map(|v| parts.headers.append("forwarded", v));
+        let _ = HeaderValue::try_from(f.ip.to_string()).map(|v| parts.headers.append("x-forwarded-for", v));
+        parts.headers.insert("x-forwarded-proto", HeaderValue::from_static(f.proto));
+        let _ =
+            HeaderValue::try_from(f.forwarded().to_string()).map(|v| parts.headers.append("forwarded", v));
     }
     parts.version = Version::HTTP_11;
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
@@ -366,15 +296,12 @@ pub async fn handle(
     let resp = match answered {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            tracing::warn!(service = %svc.config.name, %client, server = %server.label, "server response failed: {e}");
-            let text = format!("502 bad gateway: server {} failed: {e}\n", server.label);
-            return plain(&hs, facts, in_flight, StatusCode::BAD_GATEWAY, text);
+            let a = hs.response_failed(client, &server, &e);
+            return answer(&hs, facts, h2, in_flight, a, &target.pool.name);
         }
         Err(_) => {
-            tracing::warn!(service = %svc.config.name, %client, server = %server.label, "no response within {timeout:?}");
-            let text =
-                format!("504 gateway timeout: server {} did not answer within {timeout:?}\n", server.label);
-            return plain(&hs, facts, in_flight, StatusCode::GATEWAY_TIMEOUT, text);
+            let a = hs.response_timed_out(client, &server);
+            return answer(&hs, facts, h2, in_flight, a, &target.pool.name);
         }
     };
     let mut resp = resp;
@@ -401,36 +328,24 @@ pub async fn handle(
             drop((tunnel_guard, drain_guard));
         });
     }
-    if let Some(Sticky::ServerCookie { name, table }) = &svc.sticky {
-        for v in resp.headers().get_all(header::SET_COOKIE) {
-            if let Some(value) = set_cookie_value(v.as_bytes(), name) {
-                table.set(value.to_string(), server.config.address, Instant::now());
-            }
-        }
-    }
+    hs.learn_cookies(
+        || resp.headers().get_all(header::SET_COOKIE).into_iter().map(HeaderValue::as_bytes),
+        &server,
+    );
     let (mut rparts, rbody) = resp.into_parts();
     if !upgraded {
         hop_by_hop(&mut rparts.headers, false);
     }
-    if let Some(Sticky::Cookie { name, expire }) = &svc.sticky {
-        // Set on every response, which also refreshes Max-Age: the cookie expires `expire`
-        // after the client's last request, like the client-IP tables.
-        let value = pool.cookie_value(i);
-        {
-            let secure = if hs.scheme == "https" { "; Secure" } else { "" };
-            let c = format!("{name}={value}; Path=/; Max-Age={}; HttpOnly{secure}", expire.as_secs());
-            if let Ok(v) = HeaderValue::from_str(&c) {
-                rparts.headers.append(header::SET_COOKIE, v);
-            }
+    if let Some(c) = hs.sticky_cookie(&target, i) {
+        if let Ok(v) = HeaderValue::try_from(c.to_string()) {
+            rparts.headers.append(header::SET_COOKIE, v);
         }
     }
-    let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
-    if let Some(c) = hs.request_counters.get(&(Arc::as_ptr(&pool) as usize, i)) {
-        c[class].inc();
-    }
+    hs.count(&target, i, status.as_u16());
     let finish = Exchange {
         hs: hs.clone(),
         facts,
+        h2,
         status: status.as_u16(),
         server: Some(server.clone()),
         sent: Some(body_sent),

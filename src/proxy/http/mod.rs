@@ -5,6 +5,7 @@ mod body;
 mod forward;
 pub mod h1;
 mod log;
+pub mod policy;
 pub mod route;
 mod upstream;
 
@@ -16,7 +17,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -38,12 +38,10 @@ pub struct HttpService {
     pub svc: Arc<Service>,
     /// Upgraded tunnels (WebSocket) outlive their client connection's task: they enter here.
     pub drain: Arc<Drain>,
-    /// Re-encryption settings by pool name, for pools with `tls`.
-    pub upstream_tls: HashMap<String, UpstreamTlsConfig>,
     pub metrics: HttpServiceMetrics,
-    /// Request counters by (pool identity, server index), by status class; keyed by the
-    /// pool's address so the per-request lookup allocates nothing.
-    pub request_counters: HashMap<(usize, usize), [Counter; 5]>,
+    /// Per route position (0: the default pool, n: the nth route): re-encryption settings
+    /// and request counters, so a request finds them by index, without hashing a name.
+    pub targets: Vec<policy::RouteTarget>,
     /// "http" or "https", for X-Forwarded-Proto and cookies' Secure flag.
     pub scheme: &'static str,
     /// The certificates of an https service.
@@ -66,26 +64,37 @@ impl HttpService {
         drain: Arc<Drain>,
     ) -> Result<HttpService, HttpSetupError> {
         let m = metrics.http_service(&svc.config.name);
-        let mut upstream_tls = HashMap::new();
-        let mut request_counters = HashMap::new();
-        let pools = svc.pool.iter().chain(svc.routes.iter().map(|(_, p)| p));
-        for pool in pools {
+        // One TLS client config per pool: routes to the same pool share its idle connections.
+        let mut upstream_tls: HashMap<&str, UpstreamTlsConfig> = HashMap::new();
+        let mut targets = Vec::with_capacity(1 + svc.routes.len());
+        // Position 0 exists even without a default pool (redirect), so route n stays at n.
+        let positions = std::iter::once(svc.pool.as_ref()).chain(svc.routes.iter().map(|(_, p)| Some(p)));
+        for pool in positions {
+            let Some(pool) = pool else {
+                targets.push(policy::RouteTarget { tls: None, counters: Vec::new() });
+                continue;
+            };
             let pc = config.pools.iter().find(|p| p.name == pool.name).expect("state pools come from config");
-            if let Some(t) = &pc.tls {
-                let u = super::tls::UpstreamTls { verify: t.verify, ca: t.ca.clone(), sni: t.sni.clone() };
-                let cfg = super::tls::client_config(&u)
-                    .map_err(|source| HttpSetupError::UpstreamTls { pool: pool.name.clone(), source })?;
-                if !t.verify {
-                    tracing::warn!(pool = %pool.name, "tls verify = false: servers' certificates are not checked");
+            let tls = match (&pc.tls, upstream_tls.get(pool.name.as_str())) {
+                (None, _) => None,
+                (Some(_), Some(t)) => Some(t.clone()),
+                (Some(t), None) => {
+                    let u =
+                        super::tls::UpstreamTls { verify: t.verify, ca: t.ca.clone(), sni: t.sni.clone() };
+                    let cfg = super::tls::client_config(&u)
+                        .map_err(|source| HttpSetupError::UpstreamTls { pool: pool.name.clone(), source })?;
+                    if !t.verify {
+                        tracing::warn!(pool = %pool.name, "tls verify = false: servers' certificates are not checked");
+                    }
+                    let sni =
+                        t.sni.as_ref().and_then(|n| rustls::pki_types::ServerName::try_from(n.clone()).ok());
+                    let t = UpstreamTlsConfig::new(cfg, sni);
+                    upstream_tls.insert(&pool.name, t.clone());
+                    Some(t)
                 }
-                let sni =
-                    t.sni.as_ref().and_then(|n| rustls::pki_types::ServerName::try_from(n.clone()).ok());
-                upstream_tls.insert(pool.name.clone(), UpstreamTlsConfig { config: cfg, sni });
-            }
-            for (i, s) in pool.servers.iter().enumerate() {
-                request_counters
-                    .insert((Arc::as_ptr(pool) as usize, i), m.server_requests(&pool.name, &s.label));
-            }
+            };
+            let counters = pool.servers.iter().map(|s| m.server_requests(&pool.name, &s.label)).collect();
+            targets.push(policy::RouteTarget { tls, counters });
         }
         let acceptor = if svc.config.mode == Mode::Https {
             let specs: Vec<super::tls::CertSpec> = svc
@@ -102,7 +111,7 @@ impl HttpService {
             None
         };
         let scheme = if svc.config.mode == Mode::Https { "https" } else { "http" };
-        Ok(HttpService { svc, drain, upstream_tls, metrics: m, request_counters, scheme, acceptor })
+        Ok(HttpService { svc, drain, metrics: m, targets, scheme, acceptor })
     }
 
     /// Re-reads the certificates (SIGHUP); established connections keep theirs.

@@ -42,21 +42,25 @@ pub fn path_matches(prefix: &str, path: &str) -> bool {
         && (b.len() == p.len() || b[p.len()] == b'/' || b[p.len()] == b'?')
 }
 
+/// Position of the first matching route, else None (the caller uses the service's pool).
+pub fn route_at(routes: &[(RouteConfig, Arc<Pool>)], host: Option<&str>, path: &str) -> Option<usize> {
+    routes.iter().position(|(r, _)| {
+        let host_ok = match (&r.host, host) {
+            (None, _) => true,
+            (Some(p), Some(h)) => host_matches(p, h),
+            (Some(_), None) => false,
+        };
+        host_ok && r.path.as_deref().map(|p| path_matches(p, path)).unwrap_or(true)
+    })
+}
+
 /// First matching route's pool, else None (the caller uses the service's pool).
 pub fn route<'a>(
     routes: &'a [(RouteConfig, Arc<Pool>)],
     host: Option<&str>,
     path: &str,
 ) -> Option<&'a Arc<Pool>> {
-    routes.iter().find_map(|(r, pool)| {
-        let host_ok = match (&r.host, host) {
-            (None, _) => true,
-            (Some(p), Some(h)) => host_matches(p, h),
-            (Some(_), None) => false,
-        };
-        let path_ok = r.path.as_deref().map(|p| path_matches(p, path)).unwrap_or(true);
-        (host_ok && path_ok).then_some(pool)
-    })
+    route_at(routes, host, path).map(|k| &routes[k].1)
 }
 
 /// The value of cookie `name` in `Cookie:` header values ("a=1; b=2").

@@ -34,6 +34,8 @@ pub struct UpstreamTlsConfig {
     pub config: Arc<rustls::ClientConfig>,
     /// None: the server's IP.
     pub sni: Option<ServerName<'static>>,
+    /// Never 0 (plain) and never given twice, unlike an address a later config could reuse.
+    id: usize,
 }
 
 struct Idle {
@@ -59,9 +61,15 @@ pub enum UpstreamError {
 }
 
 impl UpstreamTlsConfig {
-    /// Distinct for every pool's TLS settings (each pool builds its own client config).
+    pub fn new(config: Arc<rustls::ClientConfig>, sni: Option<ServerName<'static>>) -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        UpstreamTlsConfig { config, sni, id }
+    }
+
+    /// Distinct for every pool's TLS settings; clones share it.
     pub fn id(&self) -> usize {
-        Arc::as_ptr(&self.config) as usize
+        self.id
     }
 }
 

@@ -4,7 +4,7 @@
 //! 502/503/504/400 itself.
 
 use std::io::Write;
-use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Buf;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -12,14 +12,28 @@ use tokio::time::Instant;
 
 use super::chunked::{ChunkError, Chunked};
 use super::head::{self, Framing, Parsed};
-use super::{send, Conn, Next, COALESCE, MAX_ATTEMPTS, READ_SIZE};
-use crate::balance::{ActiveGuard, Server};
-use crate::config::{AccessLog, Source};
-use crate::net::UpstreamSource;
-use crate::proxy::http::log::{format, AccessRecord};
-use crate::proxy::http::route::{route, set_cookie_value};
-use crate::proxy::http::upstream::{open, ServerIo, UpstreamKey};
-use crate::state::Sticky;
+use super::{checkout, send, Conn, Idle, Next, COALESCE, READ_SIZE};
+use crate::proxy::http::policy::{Answer, Connect, Connected, End, Facts};
+use crate::proxy::http::upstream::{open, ServerIo, UpstreamError, UpstreamKey, UpstreamTlsConfig};
+
+/// The fast path's way to a server: one of the client connection's idle connections, else
+/// a new one; whether it was reused decides if a request may be sent again.
+struct H1Connect<'c> {
+    idle: &'c mut Vec<Idle>,
+    tls: Option<&'c UpstreamTlsConfig>,
+    timeout: Duration,
+}
+
+impl Connect for H1Connect<'_> {
+    type Conn = (ServerIo, bool);
+
+    async fn connect(&mut self, key: &UpstreamKey) -> Result<Self::Conn, UpstreamError> {
+        if let Some(io) = checkout(self.idle, key) {
+            return Ok((io, true));
+        }
+        open(key, self.tls, self.timeout).await.map(|io| (io, false))
+    }
+}
 
 /// Why a response head did not arrive.
 enum RespError {
@@ -88,21 +102,27 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
         self.buf.advance(self.pending);
         self.pending = 0;
         self.out.clear();
-        let conn = if close { "Connection: close\r\n" } else { "" };
-        let head = format!(
-            "HTTP/1.1 {status} {reason}\r\nDate: {}\r\nContent-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\nContent-Length: {}\r\n{conn}\r\n",
+        let _ = write!(
+            self.out,
+            "HTTP/1.1 {status} {reason}\r\nDate: {}\r\nContent-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\nContent-Length: {}\r\n{}\r\n",
             httpdate::fmt_http_date(std::time::SystemTime::now()),
-            text.len()
+            text.len(),
+            if close { "Connection: close\r\n" } else { "" },
         );
-        self.out.extend_from_slice(head.as_bytes());
         self.out.extend_from_slice(text.as_bytes());
         let ok = send(&mut *self.io, &self.out).await.is_ok();
-        self.finish(facts, status, None, (0, text.len() as u64), ok);
+        let end = End { status, server: None, bytes_in: 0, bytes_out: text.len() as u64, complete: ok };
+        self.hs.finish(facts, end);
         if close || !ok {
             Next::Close
         } else {
             Next::KeepAlive
         }
+    }
+
+    /// One of the policy's answers for a request to `pool`.
+    async fn answer(&mut self, facts: &Facts, a: Answer, pool: &str, close: bool) -> Next {
+        self.reply(facts, a.status(), a.reason(), &a.text(pool), close).await
     }
 
     /// One request, its head in `buf`.
@@ -118,103 +138,41 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
             .and_then(|r| std::str::from_utf8(&self.buf[r]).ok())
             .filter(|h| !h.is_empty());
         // httparse hands out the target as text.
-        let target = std::str::from_utf8(&self.buf[self.req.target.clone()]).unwrap_or("/");
-        let logged = (svc.config.access_log != AccessLog::Off).then(|| {
-            Box::new(Logged {
-                host: host.unwrap_or_default().to_string(),
-                method: String::from_utf8_lossy(&self.buf[self.req.method.clone()]).into_owned(),
-                path: target.to_string(),
-            })
-        });
-        let facts = Facts { started, logged };
+        let uri = std::str::from_utf8(&self.buf[self.req.target.clone()]).unwrap_or("/");
+        let facts = hs.facts(started, self.client, || (host, &self.buf[self.req.method.clone()], uri));
         if let Some(e) = self.bad_framing.take() {
             return self.bad_body(&facts, e).await;
         }
         let method = &self.buf[self.req.method.clone()];
         let head_request = method == b"HEAD";
         let idempotent = matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE" | b"TRACE");
-        let path = target.split('?').next().unwrap_or(target);
-        let routed = if svc.routes.is_empty() { None } else { route(&svc.routes, host, path) };
-        let pool = routed.unwrap_or_else(|| svc.default_pool()).clone();
-        let tls = if hs.upstream_tls.is_empty() { None } else { hs.upstream_tls.get(&pool.name) };
-        let source = match svc.config.source {
-            Source::Client => UpstreamSource::Client(self.client.ip()),
-            Source::Balancer => UpstreamSource::Kernel,
-            Source::Address(ip) => UpstreamSource::Fixed(ip),
-        };
+        let path = uri.split('?').next().unwrap_or(uri);
+        let target = hs.target(host, path);
         let now = started;
-        let hint = crate::proxy::http::forward::preferred(
-            hs,
-            &pool,
-            || self.req.fields_named(&self.buf, b"cookie"),
-            now,
-        );
-
-        // Choose and connect; nothing has been sent yet, so a failure may try another server.
-        let mut tried = [0usize; MAX_ATTEMPTS];
-        let mut attempts = 0;
-        let mut last_error = String::new();
-        let (i, server, key, mut up, reused, mut guard) = loop {
-            let chosen = if attempts < MAX_ATTEMPTS {
-                let c = svc.choose_in(&pool, self.client.ip(), hint, &tried[..attempts], now);
-                if c.is_none() {
-                    svc.metrics.no_server.inc();
-                }
-                c
-            } else {
-                None
-            };
-            let Some(i) = chosen else {
-                if attempts == 0 {
-                    if svc.no_server_log.allow() {
-                        tracing::warn!(service = %svc.config.name, pool = %pool.name, client = %self.client, "no server available: 503");
-                    }
-                    let text = format!("503 service unavailable: no server of pool {} is up\n", pool.name);
-                    return self.reply(&facts, 503, "Service Unavailable", &text, false).await;
-                }
-                let text = format!(
-                    "502 bad gateway: no server of pool {} accepted the connection ({last_error})\n",
-                    pool.name
-                );
-                return self.reply(&facts, 502, "Bad Gateway", &text, false).await;
-            };
-            let server = pool.servers[i].clone();
-            let key = UpstreamKey {
-                server: server.target(self.orig.port()),
-                source,
-                tls: tls.map_or(0, |t| t.id()),
-            };
-            let guard = ActiveGuard::new(server.clone());
-            if let Some(io) = self.checkout(&key) {
-                break (i, server, key, io, true, guard);
-            }
-            match open(&key, tls, svc.config.connect_timeout).await {
-                Ok(io) => break (i, server, key, io, false, guard),
-                Err(e) => {
-                    server.metrics.connect_errors.inc();
-                    tracing::warn!(service = %svc.config.name, client = %self.client, server = %server.label, "upstream failed, trying another server: {e}");
-                    last_error = e.to_string();
-                }
-            }
-            tried[attempts] = i;
-            attempts += 1;
+        let hint = hs.hint(&target, || self.req.fields_named(&self.buf, b"cookie"), now);
+        let timeout = svc.config.connect_timeout;
+        let mut how = H1Connect { idle: &mut self.idle, tls: target.tls, timeout };
+        let chosen = hs.connect(&target, self.client, self.orig, hint, now, &mut how).await;
+        let Connected { index: i, server, key, conn: (mut up, reused), guard } = match chosen {
+            Ok(c) => c,
+            Err(a) => return self.answer(&facts, a, &target.pool.name, false).await,
         };
-        guard.connected();
 
         // The head and the body (read whole by `read_body`) in one write.
         self.out.clear();
-        let snat = svc.config.source != Source::Client;
+        let told = hs.client_fields(self.client);
         // Behind SNAT portier says which scheme the client used; a client's own claim goes.
-        let own: &[&[u8]] = if snat { &[b"x-forwarded-proto"] } else { &[] };
+        let own: &[&[u8]] = if told.is_some() { &[b"x-forwarded-proto"] } else { &[] };
         self.req.write_request(&self.buf, &mut self.out, own);
-        if snat {
-            // The server cannot see the client: tell it, in the old and the standard field.
+        if let Some(f) = told {
             // Written in place (io::Write on the Vec): no string per request.
-            let (ip, scheme) = (self.client.ip(), hs.scheme);
-            let _ =
-                write!(self.out, "X-Forwarded-For: {ip}\r\nX-Forwarded-Proto: {scheme}\r\nForwarded: for=");
-            let _ = if ip.is_ipv6() { write!(self.out, "\"[{ip}]\"") } else { write!(self.out, "{ip}") };
-            let _ = write!(self.out, ";proto={scheme}\r\n");
+            let _ = write!(
+                self.out,
+                "X-Forwarded-For: {}\r\nX-Forwarded-Proto: {}\r\nForwarded: {}\r\n",
+                f.ip,
+                f.proto,
+                f.forwarded()
+            );
         }
         self.out.extend_from_slice(b"\r\n");
         self.out.extend_from_slice(&self.buf[self.req.len..self.pending]);
@@ -235,7 +193,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
             match r {
                 Err(RespError::Eof | RespError::Io(_)) if may_retry => {
                     may_retry = false;
-                    match open(&key, tls, svc.config.connect_timeout).await {
+                    match open(&key, target.tls, svc.config.connect_timeout).await {
                         Ok(io) => up = io,
                         Err(e) => {
                             server.metrics.connect_errors.inc();
@@ -250,61 +208,42 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
         match answer {
             Ok(()) => {}
             Err(RespError::Client) => {
-                self.finish(&facts, 0, Some(&server), (bytes_in, 0), false);
+                let end = End { status: 0, server: Some(&server), bytes_in, bytes_out: 0, complete: false };
+                hs.finish(&facts, end);
                 return Next::Close;
             }
             Err(RespError::Timeout) => {
-                tracing::warn!(service = %svc.config.name, client = %self.client, server = %server.label, "no response within {timeout:?}");
-                let text = format!(
-                    "504 gateway timeout: server {} did not answer within {timeout:?}\n",
-                    server.label
-                );
-                return self.reply(&facts, 504, "Gateway Timeout", &text, true).await;
+                let a = hs.response_timed_out(self.client, &server);
+                return self.answer(&facts, a, &target.pool.name, true).await;
             }
             Err(e) => {
-                let why = match e {
-                    RespError::Eof => "connection closed before a response".to_string(),
-                    RespError::Io(e) => e.to_string(),
-                    _ => "invalid response head".to_string(),
+                let why: &dyn std::fmt::Display = match &e {
+                    RespError::Eof => &"connection closed before a response",
+                    RespError::Io(e) => e,
+                    _ => &"invalid response head",
                 };
-                tracing::warn!(service = %svc.config.name, client = %self.client, server = %server.label, "server response failed: {why}");
-                let text = format!("502 bad gateway: server {} failed: {why}\n", server.label);
-                return self.reply(&facts, 502, "Bad Gateway", &text, true).await;
+                let a = hs.response_failed(self.client, &server, why);
+                return self.answer(&facts, a, &target.pool.name, true).await;
             }
         }
 
         // The response head, with portier's own fields.
         let status = self.resp.status;
-        if let Some(Sticky::ServerCookie { name, table }) = &svc.sticky {
-            for v in self.resp.fields_named(&self.sbuf, b"set-cookie") {
-                if let Some(value) = set_cookie_value(v, name) {
-                    table.set(value.to_string(), server.config.address, std::time::Instant::now());
-                }
-            }
-        }
+        hs.learn_cookies(|| self.resp.fields_named(&self.sbuf, b"set-cookie"), &server);
         let rframing = self.resp.framing.unwrap_or(Framing::UntilClose);
         let close = client_close || rframing == Framing::UntilClose;
         self.out.clear();
         self.resp.write_response(&self.sbuf, &mut self.out);
-        if let Some(Sticky::Cookie { name, expire }) = &svc.sticky {
-            // On every response, which also refreshes Max-Age (see forward.rs).
-            let secure = if hs.scheme == "https" { "; Secure" } else { "" };
-            let _ = write!(
-                self.out,
-                "Set-Cookie: {name}={}; Path=/; Max-Age={}; HttpOnly{secure}\r\n",
-                pool.cookie_value(i),
-                expire.as_secs()
-            );
+        if let Some(c) = hs.sticky_cookie(&target, i) {
+            // Written in place (io::Write on the Vec): no string per request.
+            let _ = write!(self.out, "Set-Cookie: {c}\r\n");
         }
         if close {
             self.out.extend_from_slice(b"Connection: close\r\n");
         }
         self.out.extend_from_slice(b"\r\n");
         self.sbuf.advance(self.resp.len);
-        let class = (status / 100).clamp(1, 5) as usize - 1;
-        if let Some(c) = hs.request_counters.get(&(Arc::as_ptr(&pool) as usize, i)) {
-            c[class].inc();
-        }
+        hs.count(&target, i, status);
 
         let mut rbody = Body::new(rframing);
         let (bytes_out, complete) = self.download(&mut up, &mut rbody).await;
@@ -316,7 +255,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
             // client connection (IIS ties NTLM/Negotiate logins to the connection).
             self.checkin(key, up);
         }
-        self.finish(&facts, status, Some(&server), (bytes_in, bytes_out), complete);
+        hs.finish(&facts, End { status, server: Some(&server), bytes_in, bytes_out, complete });
         if !complete || close {
             Next::Close
         } else {
@@ -412,46 +351,4 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
         tracing::debug!(service = %self.hs.svc.config.name, client = %self.client, "bad request body: {e}");
         self.reply(facts, 400, "Bad Request", &format!("400 bad request: {e}\n"), true).await
     }
-
-    /// Metrics and the access log line of one exchange.
-    fn finish(
-        &self,
-        facts: &Facts,
-        status: u16,
-        server: Option<&Arc<Server>>,
-        bytes: (u64, u64),
-        complete: bool,
-    ) {
-        let duration = facts.started.elapsed();
-        self.hs.metrics.duration.observe(duration.as_secs_f64());
-        let Some(logged) = &facts.logged else { return };
-        let rec = AccessRecord {
-            service: &self.hs.svc.config.name,
-            client: self.client.0,
-            host: &logged.host,
-            method: &logged.method,
-            path: &logged.path,
-            status,
-            bytes_in: bytes.0,
-            bytes_out: bytes.1,
-            server: server.map(|s| s.label.as_str()).unwrap_or("-"),
-            duration,
-            complete,
-        };
-        if let Some(line) = format(&rec, self.hs.svc.config.access_log) {
-            tracing::info!(target: "portier::access", "{line}");
-        }
-    }
-}
-
-struct Facts {
-    started: std::time::Instant,
-    /// Host, method and path, copied only when the access log is on.
-    logged: Option<Box<Logged>>,
-}
-
-struct Logged {
-    host: String,
-    method: String,
-    path: String,
 }

@@ -49,7 +49,6 @@ const MAX_BUFFERED: usize = 64 * 1024;
 const MAX_IDLE_SERVERS: usize = 4;
 /// Older idle server connections are closed rather than reused (IIS closes at 120 s).
 const SERVER_MAX_IDLE: Duration = Duration::from_secs(60);
-const MAX_ATTEMPTS: usize = 3;
 
 struct Idle {
     key: UpstreamKey,
@@ -255,24 +254,24 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
         }
     }
 
-    /// An idle connection to `key`'s server that is still open.
-    fn checkout(&mut self, key: &UpstreamKey) -> Option<ServerIo> {
-        while let Some(at) = self.idle.iter().rposition(|i| i.key == *key) {
-            let mut idle = self.idle.swap_remove(at);
-            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            if idle.since.elapsed() < SERVER_MAX_IDLE && quiet(&mut idle.io, &mut cx) {
-                return Some(idle.io);
-            }
-        }
-        None
-    }
-
     fn checkin(&mut self, key: UpstreamKey, io: ServerIo) {
         if self.idle.len() >= MAX_IDLE_SERVERS {
             self.idle.remove(0);
         }
         self.idle.push(Idle { key, io, since: Instant::now() });
     }
+}
+
+/// An idle connection to `key`'s server that is still open.
+fn checkout(idle: &mut Vec<Idle>, key: &UpstreamKey) -> Option<ServerIo> {
+    while let Some(at) = idle.iter().rposition(|i| i.key == *key) {
+        let mut i = idle.swap_remove(at);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if i.since.elapsed() < SERVER_MAX_IDLE && quiet(&mut i.io, &mut cx) {
+            return Some(i.io);
+        }
+    }
+    None
 }
 
 /// Writes `data` whole and flushes: a TLS stream may otherwise keep the last record.
