@@ -62,6 +62,11 @@ impl ServerLive {
             self.cut.notify_waiters();
         }
     }
+    /// Whether `cut` was called: HTTP transfers check it at each read (a flag, no lock).
+    pub fn is_cut(&self) -> bool {
+        self.cut_done.load(Ordering::Relaxed)
+    }
+
     /// Resolves when `cut` is called (at once if it already was).
     pub async fn cut_signal(&self) {
         let notified = self.cut.notified();

@@ -12,6 +12,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 
+use crate::balance::ServerLive;
+
 /// Set once the request body has been sent whole: the response timeout runs from there, so
 /// a long upload (or Outlook Anywhere's RPC_IN_DATA, answered only when it ends) is not cut.
 #[derive(Default)]
@@ -102,6 +104,8 @@ enum Kind {
 
 pub struct ResponseBody {
     kind: Kind,
+    /// The server's live state: a body still streaming when its drain time is over ends.
+    live: Option<Arc<ServerLive>>,
     sent: u64,
     counter: Option<Counter>,
     finish: Option<Box<dyn Finish>>,
@@ -110,12 +114,18 @@ pub struct ResponseBody {
 impl ResponseBody {
     /// A body portier wrote itself (errors, redirects).
     pub fn full(text: impl Into<Bytes>, finish: Option<Box<dyn Finish>>) -> Self {
-        ResponseBody { kind: Kind::Full(Some(text.into())), sent: 0, counter: None, finish }
+        ResponseBody { kind: Kind::Full(Some(text.into())), live: None, sent: 0, counter: None, finish }
     }
 
     /// A server's body, streamed.
-    pub fn stream(inner: Incoming, counter: Counter, finish: Box<dyn Finish>) -> Self {
-        ResponseBody { kind: Kind::Stream(inner), sent: 0, counter: Some(counter), finish: Some(finish) }
+    pub fn stream(inner: Incoming, live: Arc<ServerLive>, counter: Counter, finish: Box<dyn Finish>) -> Self {
+        ResponseBody {
+            kind: Kind::Stream(inner),
+            live: Some(live),
+            sent: 0,
+            counter: Some(counter),
+            finish: Some(finish),
+        }
     }
 
     fn end(&mut self, complete: bool) {
@@ -134,6 +144,12 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
+        if this.live.as_ref().is_some_and(|l| l.is_cut()) {
+            // The server left the configuration and its drain time is over: the stream ends
+            // short (hyper resets the HTTP/2 stream or closes the HTTP/1.1 connection).
+            this.end(false);
+            return Poll::Ready(None);
+        }
         let r = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Stream(inner) => Pin::new(inner).poll_frame(cx),

@@ -355,6 +355,11 @@ pub async fn handle(
     };
     Response::from_parts(
         rparts,
-        ResponseBody::stream(rbody, server.metrics.bytes_to_client.clone(), Box::new(finish)),
+        ResponseBody::stream(
+            rbody,
+            server.live.clone(),
+            server.metrics.bytes_to_client.clone(),
+            Box::new(finish),
+        ),
     )
 }

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::chunked::{ChunkError, Chunked};
 use super::head::{self, Framing, Parsed};
 use super::{checkout, send, Conn, Idle, Next, COALESCE, READ_SIZE};
+use crate::balance::ServerLive;
 use crate::proxy::http::policy::{Answer, Connect, Connected, End, Facts};
 use crate::proxy::http::upstream::{open, ServerIo, UpstreamError, UpstreamKey, UpstreamTlsConfig};
 
@@ -246,7 +247,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
         hs.count(&target, i, status);
 
         let mut rbody = Body::new(rframing);
-        let (bytes_out, complete) = self.download(&mut up, &mut rbody).await;
+        let (bytes_out, complete) = self.download(&mut up, &mut rbody, &server.live).await;
         server.metrics.bytes_to_client.inc_by(bytes_out);
         let reusable = complete && self.resp.reusable() && self.sbuf.is_empty();
         drop(guard);
@@ -311,7 +312,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
 
     /// Sends the response head in `out` and its body to the client; (body bytes, whether
     /// the whole response went through).
-    async fn download(&mut self, up: &mut ServerIo, body: &mut Body) -> (u64, bool) {
+    async fn download(&mut self, up: &mut ServerIo, body: &mut Body, live: &ServerLive) -> (u64, bool) {
         let mut sent = 0u64;
         let n = match body.take(&self.sbuf[..self.sbuf.len().min(COALESCE)]) {
             Ok(n) => n,
@@ -325,6 +326,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
         }
         while !body.is_done() {
             if self.sbuf.is_empty() {
+                if live.is_cut() {
+                    // The server left the configuration and its drain time is over.
+                    return (sent, false);
+                }
                 self.sbuf.reserve(READ_SIZE);
                 match up.read_buf(&mut self.sbuf).await {
                     Ok(0) if matches!(body, Body::UntilClose) => {
