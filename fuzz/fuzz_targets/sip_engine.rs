@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use portier::config::{SipConfig, SipTransport};
+use portier::sip::{SipConfig, SipTransport};
 use portier::metrics::Metrics;
 use portier::sip::engine::{Dest, Engine, EngineOptions, Now};
 use portier::sip::parse_datagram;

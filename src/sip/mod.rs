@@ -24,6 +24,7 @@ mod framer;
 mod grammar;
 mod headers;
 mod message;
+pub mod model;
 mod parse;
 pub mod service;
 pub mod transaction;
@@ -41,6 +42,10 @@ pub use error::{EditError, HeaderError, ParseError};
 pub use framer::{Frame, FrameError, StreamFramer};
 pub use headers::{canonical_name, split_list, CSeq, ContactList, MediaType, NameAddr, Param, Params, Via};
 pub use message::{Header, Message, StartLine};
+pub use model::{
+    CertFiles, Forward, ForwardTo, Identity, SipAddr, SipConfig, SipExtension, SipTransport, SipTrunk,
+    SipVoicemail, TrunkKind,
+};
 pub use parse::{parse_datagram, parse_datagram_with, parse_message, Limits};
 pub use uri::{SipUri, TelUri, Uri};
 pub use validate::{judge, judge_unparsed, ReplyContext, Verdict};

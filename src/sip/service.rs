@@ -17,11 +17,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{SipConfig, SipTransport};
 use crate::metrics::SipMetrics;
 use crate::proxy::tls::{client_config, TlsAcceptorHandle, UpstreamTls};
 use crate::sip::engine::{Dest, Engine, EngineOptions, Now, Outgoing};
 use crate::sip::{Frame, StreamFramer};
+use crate::sip::{SipConfig, SipTransport};
 
 /// Connecting to a peer (TCP handshake plus TLS) may take this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

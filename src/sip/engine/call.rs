@@ -9,10 +9,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::config::{ForwardTo, Identity, SipAddr, TrunkKind};
 use crate::sip::dialplan::Target as PlanTarget;
 use crate::sip::digest;
 use crate::sip::transaction::Key;
+use crate::sip::{ForwardTo, Identity, SipAddr, TrunkKind};
 use crate::sip::{Message, NameAddr};
 
 use super::auth::Challenge;
@@ -759,13 +759,13 @@ impl Engine {
             let sip = c.uri.as_sip()?.clone();
             let ip: std::net::IpAddr = sip.host.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
             let transport = match sip.transport().as_deref() {
-                Some("tcp") => crate::config::SipTransport::Tcp,
-                Some("tls") => crate::config::SipTransport::Tls,
-                Some("udp") => crate::config::SipTransport::Udp,
+                Some("tcp") => crate::sip::SipTransport::Tcp,
+                Some("tls") => crate::sip::SipTransport::Tls,
+                Some("udp") => crate::sip::SipTransport::Udp,
                 _ => self.calls.get(&id)?.forks[fid].leg.dest.transport,
             };
             let port =
-                sip.port.unwrap_or(if transport == crate::config::SipTransport::Tls { 5061 } else { 5060 });
+                sip.port.unwrap_or(if transport == crate::sip::SipTransport::Tls { 5061 } else { 5060 });
             Some((
                 c.uri.to_string(),
                 Dest { transport, addr: std::net::SocketAddr::new(ip, port), conn: None },
@@ -893,7 +893,7 @@ impl Engine {
         // TCP/TLS once is enough, but the ACK still has to come, so the give-up timer stays.
         let cseq = a_invite.cseq().map(|c| c.seq).unwrap_or(0);
         let call_id = self.calls.get(&id).map(|c| c.a.call_id.clone()).unwrap_or_default();
-        let reliable = a_dest.transport != crate::config::SipTransport::Udp;
+        let reliable = a_dest.transport != crate::sip::SipTransport::Udp;
         self.ok_retx.insert(
             (call_id.clone(), cseq),
             OkRetx {
@@ -1130,7 +1130,7 @@ impl Engine {
                     self.out.push(Outgoing { dest: leg.dest, msg: ack });
                 }
             }
-            if let Some(dest) = origin_dest.filter(|d| d.transport == crate::config::SipTransport::Udp) {
+            if let Some(dest) = origin_dest.filter(|d| d.transport == crate::sip::SipTransport::Udp) {
                 let (oc, cseq) =
                     (origin.call_id().unwrap_or_default(), origin.cseq().map(|c| c.seq).unwrap_or(0));
                 let t1 = self.opts.timers.t1;

@@ -28,12 +28,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::SipAddr;
-use crate::config::{SipConfig, SipTransport};
 use crate::metrics::{MethodLabels, SipMetrics};
 use crate::sip::digest::DigestServer;
 use crate::sip::transaction::{server_key, Action, Key, Role, Timers, TransactionTable};
+use crate::sip::SipAddr;
 use crate::sip::{judge, judge_unparsed, parse_datagram, Frame, Message, ReplyContext, Verdict};
+use crate::sip::{SipConfig, SipTransport};
 
 pub use build::BRANCH_PREFIX;
 

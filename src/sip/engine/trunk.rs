@@ -5,12 +5,12 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::config::SipConfig;
-use crate::config::{SipAddr, SipTrunk, TrunkKind};
 use crate::metrics::{SipMetrics, TrunkLabels};
 use crate::sip::digest;
 use crate::sip::transaction::Key;
 use crate::sip::Message;
+use crate::sip::SipConfig;
+use crate::sip::{SipAddr, SipTrunk, TrunkKind};
 
 use super::build::{self, RequestParts};
 use super::{Dest, Engine, Now, Purpose, Wake};
