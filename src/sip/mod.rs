@@ -44,7 +44,7 @@ pub use headers::{canonical_name, split_list, CSeq, ContactList, MediaType, Name
 pub use message::{Header, Message, StartLine};
 pub use model::{
     CertFiles, Forward, ForwardTo, Identity, SipAddr, SipConfig, SipExtension, SipTransport, SipTrunk,
-    SipVoicemail, TrunkKind,
+    SipVoicemail, TrunkId, TrunkKind,
 };
 pub use parse::{parse_datagram, parse_datagram_with, parse_message, Limits};
 pub use uri::{SipUri, TelUri, Uri};

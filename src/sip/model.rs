@@ -2,10 +2,12 @@
 //! on. `config` builds these from the file (shapes, defaults, errors with file:line:field);
 //! nothing here knows about files, so `sip` never imports `config`.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::sip::dialplan::DialPlan;
@@ -28,6 +30,40 @@ impl SipTransport {
     }
 }
 
+/// A trunk's configured name (`[sip.trunks.NAME]`): what trunk state, timers, transactions and
+/// forks are keyed by, so a reconfigure that adds or removes other trunks cannot shift them.
+/// Cheap to clone (shared text).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TrunkId(Arc<str>);
+
+impl TrunkId {
+    pub fn new(name: &str) -> TrunkId {
+        TrunkId(Arc::from(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for TrunkId {
+    fn from(name: &str) -> TrunkId {
+        TrunkId::new(name)
+    }
+}
+
+impl Borrow<str> for TrunkId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TrunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct SipConfig {
     pub listen: Vec<SipAddr>,
@@ -42,7 +78,7 @@ pub struct SipConfig {
     /// By extension number.
     pub extensions: BTreeMap<String, SipExtension>,
     /// By trunk name.
-    pub trunks: BTreeMap<String, SipTrunk>,
+    pub trunks: BTreeMap<TrunkId, SipTrunk>,
     pub voicemail: Option<SipVoicemail>,
     pub dialplan: DialPlan,
 }
@@ -154,7 +190,7 @@ impl TrunkKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SipVoicemail {
     /// The trunk towards the voicemail system (Exchange UM).
-    pub trunk: String,
+    pub trunk: TrunkId,
     /// The pilot number calls to a mailbox are sent to.
     pub pilot: String,
     /// Put in front of the extension to make the mailbox number (Asterisk's UMOUTDIALPREFIX).

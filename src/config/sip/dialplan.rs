@@ -5,6 +5,7 @@ use super::file::SipFile;
 use super::validate::names;
 use crate::config::validate::{span, Checker};
 use crate::sip::dialplan::{is_number, DialPlan, Pattern, Rule, Target};
+use crate::sip::TrunkId;
 
 /// The dial plan of `f`; rules with an unusable pattern are reported and left out.
 pub(super) fn dialplan(c: &mut Checker<'_>, f: &SipFile) -> DialPlan {
@@ -28,7 +29,7 @@ pub(super) fn dialplan(c: &mut Checker<'_>, f: &SipFile) -> DialPlan {
                         format!("no trunk named `{t}` (defined: {})", names(&f.trunks)),
                     );
                 }
-                Target::Trunk(t.to_string())
+                Target::Trunk(TrunkId::new(t))
             }
         };
         let strip = r.strip.as_ref().map(|s| *s.get_ref() as usize).unwrap_or(0);

@@ -16,7 +16,9 @@ use super::{DEFAULT_NONCE_LIFETIME, DEFAULT_REGISTER_EXPIRES};
 use crate::config::validate::{span, Checker};
 use crate::sip::dialplan::is_number;
 use crate::sip::digest::Algorithm;
-use crate::sip::{CertFiles, Identity, SipAddr, SipConfig, SipTransport, SipTrunk, SipVoicemail, TrunkKind};
+use crate::sip::{
+    CertFiles, Identity, SipAddr, SipConfig, SipTransport, SipTrunk, SipVoicemail, TrunkId, TrunkKind,
+};
 
 /// Parses `transport:IP:port`.
 pub fn parse_sip_addr(text: &str) -> Result<SipAddr, String> {
@@ -121,7 +123,7 @@ pub(in crate::config) fn validate_sip(c: &mut Checker<'_>, f: &SipFile) -> SipCo
             c.err(span(name), format!("sip.trunks.{n}"), "`extension` is reserved for dial plan rules");
         }
         if let Some(tr) = trunk(c, n, name, t) {
-            trunks.insert(n.clone(), tr);
+            trunks.insert(TrunkId::new(n), tr);
         }
     }
 
@@ -130,7 +132,7 @@ pub(in crate::config) fn validate_sip(c: &mut Checker<'_>, f: &SipFile) -> SipCo
     // voicemail
     let voicemail = f.voicemail.as_ref().map(|v| {
         let t = v.trunk.get_ref();
-        match trunks.get(t) {
+        match trunks.get(t.as_str()) {
             None if !f.trunks.keys().any(|k| k.get_ref() == t) => c.err(
                 span(&v.trunk),
                 "sip.voicemail.trunk",
@@ -157,7 +159,7 @@ pub(in crate::config) fn validate_sip(c: &mut Checker<'_>, f: &SipFile) -> SipCo
             }
         }
         SipVoicemail {
-            trunk: t.clone(),
+            trunk: TrunkId::new(t),
             pilot: v.pilot.get_ref().clone(),
             mailbox_prefix,
             own_extension_to_mailbox: v.own_extension_to_mailbox.unwrap_or(false),

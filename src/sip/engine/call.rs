@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::sip::dialplan::Target as PlanTarget;
 use crate::sip::digest;
 use crate::sip::transaction::Key;
-use crate::sip::{ForwardTo, Identity, SipAddr, TrunkKind};
+use crate::sip::{ForwardTo, Identity, SipAddr, TrunkId, TrunkKind};
 use crate::sip::{Message, NameAddr};
 
 use super::auth::Challenge;
@@ -93,7 +93,7 @@ pub(super) struct Fork {
     pub cancel_sent: bool,
     pub auth_tries: u8,
     pub redirects: u8,
-    pub trunk: Option<usize>,
+    pub trunk: Option<TrunkId>,
     /// Extra headers of its INVITE (identity, Diversion), kept for re-sends.
     pub extra: Vec<(String, String)>,
 }
@@ -102,7 +102,7 @@ pub(super) struct Fork {
 #[derive(Debug, Clone)]
 pub(super) enum Target {
     Extension(String),
-    Trunk { trunk: usize, number: String },
+    Trunk { trunk: TrunkId, number: String },
     Voicemail { ext: String, reason: &'static str },
 }
 
@@ -136,7 +136,7 @@ pub(super) struct Call {
     pub private: bool,
     pub callee: String,
     pub route: String,
-    pub trunk: Option<String>,
+    pub trunk: Option<TrunkId>,
     pub a: Leg,
     pub a_invite: Message,
     pub a_key: Key,
@@ -235,15 +235,18 @@ impl Engine {
             self.reject(&key, &req, 484, "Address Incomplete", now);
             return;
         };
-        let from_trunk = self.trunk_from(src.addr.ip()).filter(|&i| match &self.trunks[i].cfg.kind {
-            TrunkKind::Peer { trusted, .. } => *trusted,
-            TrunkKind::Register { .. } => true,
-        });
+        let from_trunk = self
+            .trunk_from(src.addr.ip())
+            .and_then(|id| self.trunks.get(&id))
+            .map(|t| &t.cfg.kind)
+            // An untrusted peer's calls are authenticated like a phone's.
+            .filter(|k| !matches!(k, TrunkKind::Peer { trusted: false, .. }))
+            .cloned();
         let (caller, caller_name, private, target) = match from_trunk {
-            Some(i) => {
+            Some(kind) => {
                 let (user, name, private) = identity_of(&req);
                 let user = user.unwrap_or_else(|| "anonymous".into());
-                let target = match &self.trunks[i].cfg.kind {
+                let target = match &kind {
                     TrunkKind::Register { inbound: Some(ext), .. } => Some(Target::Extension(ext.clone())),
                     TrunkKind::Register { inbound: None, .. } => {
                         self.cfg.extensions.contains_key(&dialled).then(|| Target::Extension(dialled.clone()))
@@ -263,7 +266,9 @@ impl Engine {
                 let target = if own {
                     // Subscriber access as themselves: the pilot, no Diversion.
                     let vm = self.cfg.voicemail.as_ref().expect("checked above");
-                    self.trunk_index(&vm.trunk).map(|t| Target::Trunk { trunk: t, number: vm.pilot.clone() })
+                    self.trunks
+                        .contains_key(&vm.trunk)
+                        .then(|| Target::Trunk { trunk: vm.trunk.clone(), number: vm.pilot.clone() })
                 } else {
                     self.plan(&dialled)
                 };
@@ -340,8 +345,8 @@ impl Engine {
             PlanTarget::Extension => {
                 self.cfg.extensions.contains_key(&r.number).then_some(Target::Extension(r.number))
             }
-            PlanTarget::Trunk(name) => {
-                self.trunk_index(&name).map(|trunk| Target::Trunk { trunk, number: r.number })
+            PlanTarget::Trunk(trunk) => {
+                self.trunks.contains_key(&trunk).then_some(Target::Trunk { trunk, number: r.number })
             }
         }
     }
@@ -406,12 +411,15 @@ impl Engine {
         }
     }
 
-    fn call_trunk(&mut self, id: u64, i: usize, number: String, now: Now) {
-        let t = &self.trunks[i];
-        let name = t.name.clone();
+    fn call_trunk(&mut self, id: u64, trunk: TrunkId, number: String, now: Now) {
+        let Some(t) = self.trunks.get(&trunk) else {
+            self.final_a(id, 404, "No Route To Number", "failed", now);
+            return;
+        };
+        let name = t.id.clone();
         if !t.up {
             tracing::warn!(
-                trunk = name,
+                trunk = %name,
                 number,
                 "SIP: call refused with 503: trunk is down (OPTIONS unanswered)"
             );
@@ -462,7 +470,7 @@ impl Engine {
         let ruri = format!("sip:{number}@{host}");
         let to = format!("<sip:{number}@{plain_host}>");
         let dest = Dest { transport: addr.transport, addr: addr.addr, conn: None };
-        self.start_fork(id, ruri, to, dest, from, extra, Some(i), now);
+        self.start_fork(id, ruri, to, dest, from, extra, Some(trunk), now);
     }
 
     fn divert_to_voicemail(&mut self, id: u64, ext: &str, reason: &'static str, now: Now) {
@@ -470,17 +478,17 @@ impl Engine {
             self.final_a(id, 480, "No Voicemail", "no_answer", now);
             return;
         };
-        let Some(i) = self.trunk_index(&vm.trunk) else {
+        if !self.trunks.contains_key(&vm.trunk) {
             self.final_a(id, 480, "No Voicemail", "no_answer", now);
             return;
-        };
+        }
         if let Some(c) = self.calls.get_mut(&id) {
             // Exactly one Diversion, ours (DOMAIN.md §4): whatever the caller sent is dropped
             // because the fork's INVITE is built from scratch.
             c.diversion =
                 Some(format!("<tel:{}{ext}>;reason={reason};screen=no;privacy=off", vm.mailbox_prefix));
         }
-        self.call_trunk(id, i, vm.pilot, now);
+        self.call_trunk(id, vm.trunk, vm.pilot, now);
     }
 
     fn forward(&mut self, id: u64, ext: &str, to: ForwardTo, reason: &'static str, now: Now) {
@@ -533,7 +541,7 @@ impl Engine {
         dest: Dest,
         from: String,
         extra: Vec<(String, String)>,
-        trunk: Option<usize>,
+        trunk: Option<TrunkId>,
         now: Now,
     ) {
         let leg = Leg {
@@ -615,7 +623,7 @@ impl Engine {
     pub(super) fn on_fork_response(&mut self, id: u64, fid: u32, key: &Key, resp: Message, now: Now) {
         let fid = fid as usize;
         let status = resp.status().unwrap_or(500);
-        let fork_trunk = self.calls.get(&id).and_then(|c| c.forks.get(fid)).and_then(|f| f.trunk);
+        let fork_trunk = self.calls.get(&id).and_then(|c| c.forks.get(fid)).and_then(|f| f.trunk.as_ref());
         let has_creds = self.trunk_credentials(fork_trunk).is_some();
         let Some(call) = self.calls.get_mut(&id) else {
             if (200..300).contains(&status) {
@@ -715,7 +723,9 @@ impl Engine {
         }
     }
 
-    fn trunk_credentials(&self, trunk: Option<usize>) -> Option<(String, String)> {
+    /// The trunk's current credentials (a reconfigure may have changed them since the fork
+    /// started; the provider wants the ones it knows now).
+    fn trunk_credentials(&self, trunk: Option<&TrunkId>) -> Option<(String, String)> {
         match &self.trunks.get(trunk?)?.cfg.kind {
             TrunkKind::Register { username, secret, .. } => Some((username.clone(), secret.clone())),
             TrunkKind::Peer { .. } => None,
@@ -725,7 +735,7 @@ impl Engine {
     /// The provider challenged our INVITE: send it again with the trunk's credentials.
     fn reauth_fork(&mut self, id: u64, fid: usize, status: u16, resp: &Message, now: Now) {
         let Some((user, secret)) =
-            self.calls.get(&id).and_then(|c| self.trunk_credentials(c.forks[fid].trunk))
+            self.calls.get(&id).and_then(|c| self.trunk_credentials(c.forks[fid].trunk.as_ref()))
         else {
             return;
         };
@@ -1305,7 +1315,7 @@ impl Engine {
             caller = %call.caller,
             callee = %call.callee,
             route = %call.route,
-            trunk = %call.trunk.as_deref().unwrap_or("-"),
+            trunk = %call.trunk.as_ref().map_or("-", TrunkId::as_str),
             %outcome,
             setup_ms,
             talk_ms,

@@ -23,7 +23,7 @@ mod trunk;
 mod tests;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,7 +33,7 @@ use crate::sip::digest::DigestServer;
 use crate::sip::transaction::{server_key, Action, Key, Role, Timers, TransactionTable};
 use crate::sip::SipAddr;
 use crate::sip::{judge, judge_unparsed, parse_datagram, Frame, Message, ReplyContext, Verdict};
-use crate::sip::{SipConfig, SipTransport};
+use crate::sip::{SipConfig, SipTransport, TrunkId};
 
 pub use build::BRANCH_PREFIX;
 
@@ -99,10 +99,10 @@ enum Wake {
     Ring { call: u64, gen: u32 },
     /// Re-send a 2xx to INVITE until its ACK arrives (§13.3.1.4).
     OkRetx { call_id: String, cseq: u32 },
-    /// Register (or refresh) trunk `i`.
-    Register(usize),
-    /// Ping trunk `i`.
-    Ping(usize),
+    /// Register (or refresh) a trunk.
+    Register(TrunkId),
+    /// Ping a trunk.
+    Ping(TrunkId),
     /// Forget expired bindings and nonces.
     Purge,
 }
@@ -117,10 +117,10 @@ enum Purpose {
     /// An in-dialog request relayed from the other leg; its final response goes back to
     /// server transaction `server`, answering `origin`.
     Relay { call: u64, server: Key, origin: Box<Message> },
-    /// A REGISTER of trunk `i`.
-    TrunkRegister(usize),
-    /// An OPTIONS ping of trunk `i`.
-    TrunkPing(usize),
+    /// A REGISTER of a trunk.
+    TrunkRegister(TrunkId),
+    /// An OPTIONS ping of a trunk.
+    TrunkPing(TrunkId),
     /// A NOTIFY to a phone (message waiting).
     Notify,
     /// A fork INVITE whose call is gone and which was cancelled: a 2xx still gets ACK + BYE.
@@ -177,7 +177,7 @@ pub struct Engine {
     calls: HashMap<u64, call::Call>,
     by_call_id: HashMap<String, u64>,
     next_call: u64,
-    trunks: Vec<trunk::TrunkState>,
+    trunks: BTreeMap<TrunkId, trunk::TrunkState>,
     ok_retx: HashMap<(String, u32), OkRetx>,
     wake: BinaryHeap<Reverse<(Instant, Wake)>>,
     metrics: SipMetrics,
@@ -192,7 +192,11 @@ impl Engine {
         let mut digest = DigestServer::new(cfg.domain.clone(), cfg.nonce_lifetime, opts.digest_key);
         digest.set_caps(65_536, 16_384);
         let mut e = Engine {
-            trunks: trunk::TrunkState::all(&cfg, &metrics),
+            trunks: cfg
+                .trunks
+                .iter()
+                .map(|(id, t)| (id.clone(), trunk::TrunkState::new(id.clone(), t.clone(), &metrics)))
+                .collect(),
             cfg,
             opts,
             tx: TransactionTable::new(opts.timers),
@@ -212,8 +216,9 @@ impl Engine {
             subscriptions: Vec::new(),
             request_counters: Default::default(),
         };
-        for i in 0..e.trunks.len() {
-            e.trunk_start(i, now);
+        let ids: Vec<TrunkId> = e.trunks.keys().cloned().collect();
+        for id in &ids {
+            e.trunk_start(id, now);
         }
         e.schedule(now.mono + Duration::from_secs(10), Wake::Purge);
         e
@@ -360,8 +365,8 @@ impl Engine {
             match w {
                 Wake::Ring { call, gen } => self.ring_timeout(call, gen, now),
                 Wake::OkRetx { call_id, cseq } => self.ok_retransmit(call_id, cseq, now),
-                Wake::Register(i) => self.trunk_register(i, now),
-                Wake::Ping(i) => self.trunk_ping(i, now),
+                Wake::Register(id) => self.trunk_register(&id, now),
+                Wake::Ping(id) => self.trunk_ping(&id, now),
                 Wake::Purge => {
                     self.reg.purge(now.mono, &self.metrics);
                     self.digest.purge(now.unix);
@@ -566,8 +571,8 @@ impl Engine {
             Purpose::Relay { call, server, origin } => {
                 self.on_relay_response(call, server, *origin, resp, now)
             }
-            Purpose::TrunkRegister(i) => self.on_trunk_register_response(i, &key, resp, now),
-            Purpose::TrunkPing(i) => self.on_trunk_ping_response(i, &resp, synthetic),
+            Purpose::TrunkRegister(id) => self.on_trunk_register_response(&id, &key, resp, now),
+            Purpose::TrunkPing(id) => self.on_trunk_ping_response(&id, &resp, synthetic),
             Purpose::Reoffer { call } => self.on_reoffer_response(call, resp, now),
             Purpose::Orphan => {
                 if (200..300).contains(&resp.status().unwrap_or(0)) {

@@ -24,8 +24,9 @@ fn event_of(req: &Message) -> String {
 
 impl Engine {
     pub(super) fn on_notify(&mut self, key: Key, req: Message, src: Dest, now: Now) {
-        let vm_trunk = self.cfg.voicemail.as_ref().filter(|v| v.mwi).and_then(|v| self.trunk_index(&v.trunk));
-        let trusted = vm_trunk.is_some() && self.trunk_from(src.addr.ip()) == vm_trunk;
+        let vm_trunk = self.cfg.voicemail.as_ref().filter(|v| v.mwi).map(|v| &v.trunk);
+        let trusted = vm_trunk.is_some_and(|t| self.trunks.contains_key(t))
+            && self.trunk_from(src.addr.ip()).as_ref() == vm_trunk;
         if !trusted {
             tracing::warn!(from = %src.addr, "SIP: NOTIFY refused with 403: not from the voicemail trunk");
             self.reject(&key, &req, 403, "Forbidden", now);

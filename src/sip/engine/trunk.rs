@@ -9,8 +9,7 @@ use crate::metrics::{SipMetrics, TrunkLabels};
 use crate::sip::digest;
 use crate::sip::transaction::Key;
 use crate::sip::Message;
-use crate::sip::SipConfig;
-use crate::sip::{SipAddr, SipTrunk, TrunkKind};
+use crate::sip::{SipAddr, SipTrunk, TrunkId, TrunkKind};
 
 use super::build::{self, RequestParts};
 use super::{Dest, Engine, Now, Purpose, Wake};
@@ -40,7 +39,7 @@ impl RegState {
 }
 
 pub(super) struct TrunkState {
-    pub name: String,
+    pub id: TrunkId,
     pub cfg: SipTrunk,
     pub up: bool,
     pub missed: u32,
@@ -57,31 +56,27 @@ pub(super) struct TrunkState {
 }
 
 impl TrunkState {
-    pub fn all(cfg: &SipConfig, metrics: &SipMetrics) -> Vec<TrunkState> {
-        cfg.trunks
-            .iter()
-            .map(|(name, t)| {
-                let l = TrunkLabels { trunk: name.clone() };
-                let up_gauge = metrics.trunk_up.get_or_create(&l).clone();
-                up_gauge.set(1);
-                let reg_gauge = metrics.trunk_registered.get_or_create(&l).clone();
-                TrunkState {
-                    name: name.clone(),
-                    cfg: t.clone(),
-                    up: true,
-                    missed: 0,
-                    ping_outstanding: false,
-                    reg: RegState::Unregistered,
-                    call_id: String::new(),
-                    from_tag: String::new(),
-                    cseq: 0,
-                    authed: false,
-                    backoff: Duration::ZERO,
-                    up_gauge,
-                    reg_gauge,
-                }
-            })
-            .collect()
+    pub fn new(id: TrunkId, cfg: SipTrunk, metrics: &SipMetrics) -> TrunkState {
+        let l = TrunkLabels { trunk: id.to_string() };
+        let up_gauge = metrics.trunk_up.get_or_create(&l).clone();
+        up_gauge.set(1);
+        let reg_gauge = metrics.trunk_registered.get_or_create(&l).clone();
+        reg_gauge.set(0);
+        TrunkState {
+            id,
+            cfg,
+            up: true,
+            missed: 0,
+            ping_outstanding: false,
+            reg: RegState::Unregistered,
+            call_id: String::new(),
+            from_tag: String::new(),
+            cseq: 0,
+            authed: false,
+            backoff: Duration::ZERO,
+            up_gauge,
+            reg_gauge,
+        }
     }
 
     /// Where calls and requests for this trunk go.
@@ -107,9 +102,9 @@ impl TrunkState {
     fn set_up(&mut self, up: bool) {
         if self.up != up {
             if up {
-                tracing::info!(trunk = self.name, "SIP trunk up: OPTIONS answered");
+                tracing::info!(trunk = %self.id, "SIP trunk up: OPTIONS answered");
             } else {
-                tracing::warn!(trunk = self.name, "SIP trunk DOWN: {MAX_MISSED} OPTIONS pings unanswered");
+                tracing::warn!(trunk = %self.id, "SIP trunk DOWN: {MAX_MISSED} OPTIONS pings unanswered");
             }
         }
         self.up = up;
@@ -118,43 +113,40 @@ impl TrunkState {
 }
 
 impl Engine {
-    /// The trunk a request from `ip` arrived on, if any.
-    pub(super) fn trunk_from(&self, ip: IpAddr) -> Option<usize> {
-        self.trunks.iter().position(|t| t.addr().addr.ip() == ip)
+    /// The trunk a request from `ip` arrived on, if any (the first by name when several
+    /// trunks share an address).
+    pub(super) fn trunk_from(&self, ip: IpAddr) -> Option<TrunkId> {
+        self.trunks.values().find(|t| t.addr().addr.ip() == ip).map(|t| t.id.clone())
     }
 
-    /// Index of the trunk named `name`.
-    pub(super) fn trunk_index(&self, name: &str) -> Option<usize> {
-        self.trunks.iter().position(|t| t.name == name)
-    }
-
-    pub(super) fn trunk_start(&mut self, i: usize, now: Now) {
-        match self.trunks[i].cfg.kind {
+    pub(super) fn trunk_start(&mut self, id: &TrunkId, now: Now) {
+        let Some(t) = self.trunks.get_mut(id) else { return };
+        match t.cfg.kind {
             TrunkKind::Register { .. } => {
-                let t = &mut self.trunks[i];
                 t.call_id = self.ids.call_id(&self.cfg.domain);
                 t.from_tag = self.ids.tag();
-                self.schedule(now.mono, Wake::Register(i));
+                self.schedule(now.mono, Wake::Register(id.clone()));
             }
-            TrunkKind::Peer { options_ping: Some(_), .. } => self.schedule(now.mono, Wake::Ping(i)),
+            TrunkKind::Peer { options_ping: Some(_), .. } => self.schedule(now.mono, Wake::Ping(id.clone())),
             TrunkKind::Peer { .. } => {}
         }
     }
 
-    /// Sends a REGISTER for trunk `i`, with credentials answering `challenge` if given.
-    pub(super) fn trunk_register(&mut self, i: usize, now: Now) {
-        self.send_trunk_register(i, None, now);
+    /// Sends a REGISTER for trunk `id`.
+    pub(super) fn trunk_register(&mut self, id: &TrunkId, now: Now) {
+        self.send_trunk_register(id, None, now);
     }
 
-    fn send_trunk_register(&mut self, i: usize, challenge: Option<(&'static str, String)>, now: Now) {
-        let TrunkKind::Register { registrar, domain, username, secret, expires, .. } =
-            self.trunks[i].cfg.kind.clone()
+    /// Sends a REGISTER for trunk `id`, with credentials answering `challenge` if given.
+    fn send_trunk_register(&mut self, id: &TrunkId, challenge: Option<(&'static str, String)>, now: Now) {
+        let Some(TrunkKind::Register { registrar, domain, username, secret, expires, .. }) =
+            self.trunks.get(id).map(|t| t.cfg.kind.clone())
         else {
             return;
         };
         let local = self.local_for(registrar.transport, registrar.addr);
         let branch = self.ids.branch();
-        let t = &mut self.trunks[i];
+        let Some(t) = self.trunks.get_mut(id) else { return };
         t.cseq += 1;
         if t.reg != RegState::Registered {
             t.reg = RegState::Registering;
@@ -187,28 +179,26 @@ impl Engine {
                     let _ = req.insert_header(req.headers().len() - 1, header, &auth);
                 }
                 Err(e) => {
-                    tracing::warn!(
-                        trunk = self.trunks[i].name,
-                        "SIP trunk: cannot answer the challenge: {e}"
-                    );
-                    self.trunk_register_failed(i, now);
+                    tracing::warn!(trunk = %id, "SIP trunk: cannot answer the challenge: {e}");
+                    self.trunk_register_failed(id, now);
                     return;
                 }
             }
         }
         let dest = Dest { transport: registrar.transport, addr: registrar.addr, conn: None };
-        self.send_request(req, dest, Purpose::TrunkRegister(i), now);
+        self.send_request(req, dest, Purpose::TrunkRegister(id.clone()), now);
     }
 
-    pub(super) fn on_trunk_register_response(&mut self, i: usize, _key: &Key, resp: Message, now: Now) {
+    pub(super) fn on_trunk_register_response(&mut self, id: &TrunkId, _key: &Key, resp: Message, now: Now) {
         let status = resp.status().unwrap_or(500);
-        let name = self.trunks[i].name.clone();
+        // A response for a trunk the configuration no longer has changes nothing.
+        let Some(authed) = self.trunks.get(id).map(|t| t.authed) else { return };
         match status {
             100..=199 => {}
             200..=299 => {
-                let requested = match &self.trunks[i].cfg.kind {
-                    TrunkKind::Register { expires, .. } => expires.as_secs() as u32,
-                    TrunkKind::Peer { .. } => return,
+                let requested = match self.trunks.get(id).map(|t| &t.cfg.kind) {
+                    Some(TrunkKind::Register { expires, .. }) => expires.as_secs() as u32,
+                    _ => return,
                 };
                 // The granted time: our Contact's expires param, else Expires, else what we asked.
                 let granted = match resp.contacts() {
@@ -220,9 +210,9 @@ impl Engine {
                 .or(resp.expires().ok().flatten())
                 .unwrap_or(requested)
                 .max(1);
-                let t = &mut self.trunks[i];
+                let Some(t) = self.trunks.get_mut(id) else { return };
                 if t.reg != RegState::Registered {
-                    tracing::info!(trunk = name, expires = granted, "SIP trunk registered");
+                    tracing::info!(trunk = %id, expires = granted, "SIP trunk registered");
                 }
                 t.reg = RegState::Registered;
                 t.backoff = Duration::ZERO;
@@ -230,56 +220,57 @@ impl Engine {
                 // Refresh with a margin: half the time for short registrations, 30 s for long ones.
                 let g = Duration::from_secs(u64::from(granted));
                 let refresh = g - (g / 2).min(Duration::from_secs(30));
-                self.schedule(now.mono + refresh, Wake::Register(i));
+                self.schedule(now.mono + refresh, Wake::Register(id.clone()));
             }
-            401 | 407 if !self.trunks[i].authed || is_stale(&resp, status) => {
+            401 | 407 if !authed || is_stale(&resp, status) => {
                 let header = if status == 401 { "WWW-Authenticate" } else { "Proxy-Authenticate" };
                 let challenge = pick_challenge(&resp, header);
                 match challenge {
                     Some(c) => {
                         let cred = if status == 401 { "Authorization" } else { "Proxy-Authorization" };
-                        self.send_trunk_register(i, Some((cred, c)), now);
+                        self.send_trunk_register(id, Some((cred, c)), now);
                     }
                     None => {
-                        tracing::warn!(trunk = name, "SIP trunk: {status} without a usable Digest challenge");
-                        self.trunk_register_failed(i, now);
+                        tracing::warn!(trunk = %id, "SIP trunk: {status} without a usable Digest challenge");
+                        self.trunk_register_failed(id, now);
                     }
                 }
             }
             _ => {
                 let reason = if status == 401 || status == 407 { " (credentials refused)" } else { "" };
-                tracing::warn!(trunk = name, status, "SIP trunk registration failed{reason}");
-                self.trunk_register_failed(i, now);
+                tracing::warn!(trunk = %id, status, "SIP trunk registration failed{reason}");
+                self.trunk_register_failed(id, now);
             }
         }
     }
 
-    fn trunk_register_failed(&mut self, i: usize, now: Now) {
+    fn trunk_register_failed(&mut self, id: &TrunkId, now: Now) {
         let first = self.opts.register_backoff;
-        let t = &mut self.trunks[i];
+        let Some(t) = self.trunks.get_mut(id) else { return };
         t.reg = RegState::Failed;
         t.reg_gauge.set(0);
         t.backoff = if t.backoff.is_zero() { first } else { (t.backoff * 2).min(MAX_BACKOFF) };
         let wait = t.backoff;
-        tracing::info!(trunk = t.name, "SIP trunk: next registration attempt in {wait:?}");
-        self.schedule(now.mono + wait, Wake::Register(i));
+        tracing::info!(trunk = %id, "SIP trunk: next registration attempt in {wait:?}");
+        self.schedule(now.mono + wait, Wake::Register(id.clone()));
     }
 
-    pub(super) fn trunk_ping(&mut self, i: usize, now: Now) {
-        let TrunkKind::Peer { address, options_ping: Some(every), .. } = self.trunks[i].cfg.kind else {
+    pub(super) fn trunk_ping(&mut self, id: &TrunkId, now: Now) {
+        let Some(t) = self.trunks.get_mut(id) else { return };
+        let TrunkKind::Peer { address, options_ping: Some(every), .. } = t.cfg.kind else {
             return;
         };
-        if self.trunks[i].ping_outstanding {
-            self.trunks[i].missed += 1;
-            if self.trunks[i].missed >= MAX_MISSED {
-                self.trunks[i].set_up(false);
+        if t.ping_outstanding {
+            t.missed += 1;
+            if t.missed >= MAX_MISSED {
+                t.set_up(false);
             }
         }
+        let host = t.uri_host();
         let local = self.local_for(address.transport, address.addr);
         let branch = self.ids.branch();
         let tag = self.ids.tag();
         let call_id = self.ids.call_id(&self.cfg.domain);
-        let host = self.trunks[i].uri_host();
         let ruri = format!("sip:{host}");
         let from = format!("<sip:portier@{}>;tag={tag}", self.cfg.domain);
         let via = build::via(local, &branch);
@@ -297,18 +288,20 @@ impl Engine {
         }) else {
             return;
         };
-        self.trunks[i].ping_outstanding = true;
+        if let Some(t) = self.trunks.get_mut(id) {
+            t.ping_outstanding = true;
+        }
         let dest = Dest { transport: address.transport, addr: address.addr, conn: None };
-        self.send_request(req, dest, Purpose::TrunkPing(i), now);
-        self.schedule(now.mono + every, Wake::Ping(i));
+        self.send_request(req, dest, Purpose::TrunkPing(id.clone()), now);
+        self.schedule(now.mono + every, Wake::Ping(id.clone()));
     }
 
-    pub(super) fn on_trunk_ping_response(&mut self, i: usize, resp: &Message, synthetic: bool) {
+    pub(super) fn on_trunk_ping_response(&mut self, id: &TrunkId, resp: &Message, synthetic: bool) {
         let status = resp.status().unwrap_or(500);
         if status < 200 {
             return;
         }
-        let t = &mut self.trunks[i];
+        let Some(t) = self.trunks.get_mut(id) else { return };
         t.ping_outstanding = false;
         // Any real answer (even 404/405) proves the peer is alive; our own synthetic 408/503
         // (timeout, connection refused) does not.
@@ -325,7 +318,7 @@ impl Engine {
 
     /// State of every trunk for /status: (name, kind, registration, up).
     pub fn trunk_states(&self) -> Vec<(String, &'static str, &'static str, bool)> {
-        self.trunks.iter().map(|t| (t.name.clone(), t.cfg.kind.as_str(), t.reg.as_str(), t.up)).collect()
+        self.trunks.values().map(|t| (t.id.to_string(), t.cfg.kind.as_str(), t.reg.as_str(), t.up)).collect()
     }
 }
 
