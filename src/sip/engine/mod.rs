@@ -15,6 +15,7 @@ mod auth;
 mod build;
 mod call;
 mod mwi;
+mod reconfigure;
 mod registrar;
 mod transfer;
 mod trunk;
@@ -36,6 +37,7 @@ use crate::sip::{judge, judge_unparsed, parse_datagram, Frame, Message, ReplyCon
 use crate::sip::{SipConfig, SipTransport, TrunkId};
 
 pub use build::BRANCH_PREFIX;
+pub use reconfigure::{Changes, ReconfigureReport};
 
 /// The current time, monotonic for timers and wall-clock seconds for digest nonces.
 #[derive(Debug, Clone, Copy)]
@@ -99,10 +101,10 @@ enum Wake {
     Ring { call: u64, gen: u32 },
     /// Re-send a 2xx to INVITE until its ACK arrives (§13.3.1.4).
     OkRetx { call_id: String, cseq: u32 },
-    /// Register (or refresh) a trunk.
-    Register(TrunkId),
+    /// Register (or refresh) a trunk; `gen` tells whether it is still the trunk's chain.
+    Register { trunk: TrunkId, gen: u32 },
     /// Ping a trunk.
-    Ping(TrunkId),
+    Ping { trunk: TrunkId, gen: u32 },
     /// Forget expired bindings and nonces.
     Purge,
 }
@@ -117,10 +119,12 @@ enum Purpose {
     /// An in-dialog request relayed from the other leg; its final response goes back to
     /// server transaction `server`, answering `origin`.
     Relay { call: u64, server: Key, origin: Box<Message> },
-    /// A REGISTER of a trunk.
-    TrunkRegister(TrunkId),
+    /// A REGISTER of a trunk, sent by its timer chain `gen`.
+    TrunkRegister { trunk: TrunkId, gen: u32 },
     /// An OPTIONS ping of a trunk.
-    TrunkPing(TrunkId),
+    TrunkPing { trunk: TrunkId, gen: u32 },
+    /// The unREGISTER (Expires: 0) of retired trunk state `n`.
+    TrunkUnregister(u64),
     /// A NOTIFY to a phone (message waiting).
     Notify,
     /// A fork INVITE whose call is gone and which was cancelled: a 2xx still gets ACK + BYE.
@@ -178,6 +182,14 @@ pub struct Engine {
     by_call_id: HashMap<String, u64>,
     next_call: u64,
     trunks: BTreeMap<TrunkId, trunk::TrunkState>,
+    /// Register trunks unregistering after a reconfigure or during a drain, by a counter.
+    retiring: HashMap<u64, trunk::TrunkState>,
+    next_retiring: u64,
+    /// Last trunk timer chain generation handed out (one counter for all trunks, so a trunk
+    /// removed and added again never meets its old chain's wakes).
+    trunk_gen: u32,
+    /// Set by [`Engine::drain`]: new calls are refused, and at this instant the rest end.
+    draining: Option<Instant>,
     ok_retx: HashMap<(String, u32), OkRetx>,
     wake: BinaryHeap<Reverse<(Instant, Wake)>>,
     metrics: SipMetrics,
@@ -209,6 +221,10 @@ impl Engine {
             calls: HashMap::new(),
             by_call_id: HashMap::new(),
             next_call: 1,
+            retiring: HashMap::new(),
+            next_retiring: 0,
+            trunk_gen: 0,
+            draining: None,
             ok_retx: HashMap::new(),
             wake: BinaryHeap::new(),
             metrics,
@@ -365,8 +381,8 @@ impl Engine {
             match w {
                 Wake::Ring { call, gen } => self.ring_timeout(call, gen, now),
                 Wake::OkRetx { call_id, cseq } => self.ok_retransmit(call_id, cseq, now),
-                Wake::Register(id) => self.trunk_register(&id, now),
-                Wake::Ping(id) => self.trunk_ping(&id, now),
+                Wake::Register { trunk, gen } => self.trunk_register(&trunk, gen, now),
+                Wake::Ping { trunk, gen } => self.trunk_ping(&trunk, gen, now),
                 Wake::Purge => {
                     self.reg.purge(now.mono, &self.metrics);
                     self.digest.purge(now.unix);
@@ -571,8 +587,9 @@ impl Engine {
             Purpose::Relay { call, server, origin } => {
                 self.on_relay_response(call, server, *origin, resp, now)
             }
-            Purpose::TrunkRegister(id) => self.on_trunk_register_response(&id, &key, resp, now),
-            Purpose::TrunkPing(id) => self.on_trunk_ping_response(&id, &resp, synthetic),
+            Purpose::TrunkRegister { trunk, gen } => self.on_trunk_register_response(&trunk, gen, resp, now),
+            Purpose::TrunkPing { trunk, gen } => self.on_trunk_ping_response(&trunk, gen, &resp, synthetic),
+            Purpose::TrunkUnregister(n) => self.on_trunk_unregister_response(n, resp, now),
             Purpose::Reoffer { call } => self.on_reoffer_response(call, resp, now),
             Purpose::Orphan => {
                 if (200..300).contains(&resp.status().unwrap_or(0)) {

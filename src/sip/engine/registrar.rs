@@ -40,6 +40,11 @@ impl Registrar {
             .unwrap_or_default()
     }
 
+    /// Drops every binding of `ext` (the extension left the configuration); how many.
+    pub fn remove_ext(&mut self, ext: &str) -> usize {
+        self.by_ext.remove(ext).map_or(0, |v| v.len())
+    }
+
     pub fn count(&self) -> usize {
         self.by_ext.values().map(Vec::len).sum()
     }
