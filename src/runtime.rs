@@ -107,20 +107,11 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     }
     let mut tasks = Vec::new();
     tasks.extend(crate::health::driver::spawn_all(&state, stop_rx.clone()));
-    let sip_status = Arc::new(std::sync::Mutex::new(String::new()));
-    let admin =
-        Arc::new(Admin { metrics: metrics.clone(), state: state.clone(), sip_status: sip_status.clone() });
+    let sip = sip.map(|(bound, sip_cfg)| crate::sip::service::spawn(bound, sip_cfg, metrics.sip()));
+    let sip_status = sip.as_ref().map_or_else(|| watch::channel(String::new()).1, |s| s.status());
+    let admin = Arc::new(Admin { metrics: metrics.clone(), state: state.clone(), sip_status });
     tasks.push(tokio::spawn(admin::serve(admin_listener, admin, stop_rx.clone())));
     tasks.push(tokio::spawn(purge_sticky(state.clone(), stop_rx.clone())));
-    if let Some((bound, sip_cfg)) = sip {
-        tasks.push(tokio::spawn(crate::sip::service::run(
-            bound,
-            sip_cfg,
-            metrics.sip(),
-            sip_status,
-            stop_rx.clone(),
-        )));
-    }
 
     let mut sighup = signal(SignalKind::hangup()).map_err(RuntimeError::Signal)?;
     let why = loop {
@@ -142,6 +133,9 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     };
     let limit = config.global.drain_timeout;
     tracing::info!(active = drain.active(), "{why}: refusing new connections; draining for up to {limit:?}");
+    if let Some(s) = &sip {
+        s.drain(std::time::Instant::now() + limit);
+    }
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;
@@ -159,6 +153,9 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     }
     for t in accepting {
         t.abort();
+    }
+    if let Some(s) = sip {
+        s.join().await;
     }
     intercept::remove(&config.intercept);
     tracing::info!("stopped: interception rules and routes removed");

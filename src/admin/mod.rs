@@ -20,7 +20,7 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub state: Arc<State>,
     /// The SIP B2BUA's state as text, refreshed by its task every second (empty without SIP).
-    pub sip_status: Arc<std::sync::Mutex<String>>,
+    pub sip_status: watch::Receiver<String>,
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
@@ -57,9 +57,7 @@ impl Admin {
         for t in &self.state.sticky_tables {
             let _ = writeln!(s, "sticky table {}: {} entries", t.name, t.len());
         }
-        if let Ok(sip) = self.sip_status.lock() {
-            s.push_str(&sip);
-        }
+        s.push_str(&self.sip_status.borrow());
         s
     }
 
