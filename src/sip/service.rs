@@ -28,6 +28,9 @@ use crate::sip::engine::{Dest, Engine, EngineOptions, Now, Outgoing, Reconfigure
 use crate::sip::{Frame, StreamFramer};
 use crate::sip::{SipConfig, SipTransport};
 
+/// After the engine has drained (or hung up at the deadline), the task keeps running this long
+/// so the last BYEs and unREGISTERs leave and their first answers or retransmissions happen.
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
 /// Connecting to a peer (TCP handshake plus TLS) may take this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Queued outbound messages per connection before new ones are dropped (UDP-like loss;
@@ -134,8 +137,10 @@ impl SipHandle {
         self.status.clone()
     }
 
-    /// Stops the B2BUA by `deadline`. Until the engine drains (see `engine::drain`), this ends
-    /// the task at once.
+    /// Stops the B2BUA by `deadline`: new calls get 503, registrations still refresh (for at
+    /// most a minute), calls in progress go on until the deadline and then get a BYE on both
+    /// legs, register trunks unregister. The task ends once nothing is left, or shortly after
+    /// the deadline (see `engine::drain`).
     pub fn drain(&self, deadline: std::time::Instant) {
         self.drain.send_replace(Some(deadline));
     }
@@ -160,7 +165,7 @@ pub fn spawn(bound: Bound, cfg: Arc<SipConfig>, metrics: SipMetrics) -> SipHandl
     SipHandle { control, drain, status, acceptor, task }
 }
 
-/// The engine task: until the handle asks it to drain (or is dropped).
+/// The engine task: until it has drained after the handle asked (or the handle is gone).
 async fn run(
     bound: Bound,
     cfg: Arc<SipConfig>,
@@ -202,8 +207,19 @@ async fn run(
         "SIP B2BUA running"
     );
     let mut publish = tokio::time::interval(Duration::from_secs(1));
+    let (mut control_open, mut drain_open) = (true, true);
+    let mut finish: Option<tokio::time::Instant> = None;
     loop {
         t.flush(&mut engine);
+        if finish.is_none() && engine.drained() {
+            finish = Some(tokio::time::Instant::now() + DRAIN_GRACE);
+        }
+        let grace = async {
+            match finish {
+                Some(f) => tokio::time::sleep_until(f).await,
+                None => std::future::pending().await,
+            }
+        };
         let deadline = engine.next_deadline();
         let sleep = async {
             match deadline {
@@ -227,17 +243,32 @@ async fn run(
             _ = publish.tick() => {
                 status.send_replace(engine.status_text(Now::system()));
             }
-            c = control.recv() => match c {
+            c = control.recv(), if control_open => match c {
                 Some(Control::Reconfigure { cfg, reply }) => {
                     let report = engine.reconfigure(cfg, Now::system());
                     tracing::info!("SIP reconfigured: {report}");
                     let _ = reply.send(report);
                     status.send_replace(engine.status_text(Now::system()));
                 }
-                // The handle is gone: nobody can stop us later.
-                None => break,
+                // The handle is gone: nobody could ask later, so stop now (BYEs included).
+                None => {
+                    control_open = false;
+                    engine.drain(std::time::Instant::now(), Now::system());
+                }
             },
-            _ = drain.changed() => break,
+            changed = drain.changed(), if drain_open => {
+                let deadline = match changed {
+                    Ok(()) => *drain.borrow_and_update(),
+                    Err(_) => {
+                        drain_open = false;
+                        Some(std::time::Instant::now())
+                    }
+                };
+                if let Some(d) = deadline {
+                    engine.drain(d, Now::system());
+                }
+            }
+            _ = grace => break,
         }
     }
     for task in tasks {

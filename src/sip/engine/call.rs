@@ -155,6 +155,9 @@ pub(super) struct Call {
     /// A transfer (REFER from the far side) is being placed: new forks are invited without
     /// SDP and their answer is offered to the caller in a re-INVITE (`transfer.rs`).
     pub transfer: Option<super::transfer::Transfer>,
+    /// Why an answered call ended, for the log line: caller_bye, callee_bye, no_ack, drain;
+    /// "-" otherwise.
+    pub end_reason: &'static str,
 }
 
 impl Call {
@@ -224,6 +227,10 @@ impl Engine {
             }
             // The same request reached us twice by different paths (§8.2.2.2).
             self.reject(&key, &req, 482, "Loop Detected", now);
+            return;
+        }
+        // Before authentication: a stopping B2BUA has nothing to offer a new call.
+        if self.refuse_draining(&key, &req, now) {
             return;
         }
         let dialled = req
@@ -331,6 +338,7 @@ impl Engine {
                 answered: None,
                 diversion: None,
                 transfer: None,
+                end_reason: "-",
             },
         );
         // Stops the caller's retransmissions at once (the transaction would send it in 200 ms).
@@ -1053,6 +1061,9 @@ impl Engine {
             self.reply(&key, &req, 200, "OK", None, now);
             match (side, other) {
                 (_, Some(o)) if answered => {
+                    if let Some(c) = self.calls.get_mut(&id) {
+                        c.end_reason = if side == Side::A { "caller_bye" } else { "callee_bye" };
+                    }
                     self.bye(id, o, now);
                     self.end_call(id, "answered", now);
                 }
@@ -1205,6 +1216,9 @@ impl Engine {
             self.ok_retx.remove(&k);
             if let Some(id) = call {
                 tracing::warn!(call_id = k.0, "SIP: no ACK for our 2xx within 64*T1: hanging up both legs");
+                if let Some(c) = self.calls.get_mut(&id) {
+                    c.end_reason = "no_ack";
+                }
                 self.bye(id, Side::A, now);
                 if let Some(w) = self.calls.get(&id).and_then(|c| c.winner) {
                     self.bye(id, Side::Fork(w), now);
@@ -1317,6 +1331,7 @@ impl Engine {
             route = %call.route,
             trunk = %call.trunk.as_ref().map_or("-", TrunkId::as_str),
             %outcome,
+            end_reason = call.end_reason,
             setup_ms,
             talk_ms,
             "sip call"

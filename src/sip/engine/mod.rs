@@ -14,6 +14,7 @@
 mod auth;
 mod build;
 mod call;
+mod drain;
 mod mwi;
 mod reconfigure;
 mod registrar;
@@ -107,6 +108,8 @@ enum Wake {
     Ping { trunk: TrunkId, gen: u32 },
     /// Forget expired bindings and nonces.
     Purge,
+    /// The drain deadline: hang up what is left.
+    Drain,
 }
 
 /// What a client transaction was started for, so its response reaches the right handler.
@@ -383,6 +386,7 @@ impl Engine {
                 Wake::OkRetx { call_id, cseq } => self.ok_retransmit(call_id, cseq, now),
                 Wake::Register { trunk, gen } => self.trunk_register(&trunk, gen, now),
                 Wake::Ping { trunk, gen } => self.trunk_ping(&trunk, gen, now),
+                Wake::Drain => self.drain_deadline(now),
                 Wake::Purge => {
                     self.reg.purge(now.mono, &self.metrics);
                     self.digest.purge(now.unix);

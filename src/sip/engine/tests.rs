@@ -786,6 +786,7 @@ fn credentials_with_an_algorithm_not_offered_are_refused() {
     assert!(status(&out, 401).is_some() && status(&out, 200).is_none(), "MD5 not offered, refused");
 }
 
+mod drain;
 mod reconfigure;
 
 mod robustness {
