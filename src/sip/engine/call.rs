@@ -247,13 +247,12 @@ impl Engine {
             .and_then(|id| self.trunks.get(&id))
             .map(|t| &t.cfg.kind)
             // An untrusted peer's calls are authenticated like a phone's.
-            .filter(|k| !matches!(k, TrunkKind::Peer { trusted: false, .. }))
-            .cloned();
+            .filter(|k| !matches!(k, TrunkKind::Peer { trusted: false, .. }));
         let (caller, caller_name, private, target) = match from_trunk {
             Some(kind) => {
                 let (user, name, private) = identity_of(&req);
                 let user = user.unwrap_or_else(|| "anonymous".into());
-                let target = match &kind {
+                let target = match kind {
                     TrunkKind::Register { inbound: Some(ext), .. } => Some(Target::Extension(ext.clone())),
                     TrunkKind::Register { inbound: None, .. } => {
                         self.cfg.extensions.contains_key(&dialled).then(|| Target::Extension(dialled.clone()))
