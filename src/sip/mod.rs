@@ -38,6 +38,7 @@ mod prop_tests;
 #[cfg(test)]
 mod torture_tests;
 
+pub use engine::{Changes, ReconfigureReport};
 pub use error::{EditError, HeaderError, ParseError};
 pub use framer::{Frame, FrameError, StreamFramer};
 pub use headers::{canonical_name, split_list, CSeq, ContactList, MediaType, NameAddr, Param, Params, Via};
@@ -47,5 +48,6 @@ pub use model::{
     SipVoicemail, TrunkId, TrunkKind,
 };
 pub use parse::{parse_datagram, parse_datagram_with, parse_message, Limits};
+pub use service::{SipError, SipHandle};
 pub use uri::{SipUri, TelUri, Uri};
 pub use validate::{judge, judge_unparsed, ReplyContext, Verdict};

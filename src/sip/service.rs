@@ -515,6 +515,14 @@ mod tests {
         c
     }
 
+    /// The runtime and admin may keep the handle in shared state and hand it across tasks.
+    #[test]
+    fn the_handle_can_be_shared_between_tasks() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<SipHandle>();
+        shareable::<ReconfigureReport>();
+    }
+
     #[tokio::test]
     async fn the_handle_reconfigures_reports_status_and_drains() {
         let cfg = config();
