@@ -375,3 +375,77 @@ fn listeners_need_a_restart_and_the_rest_still_applies() {
     assert!(method(&h.tick(Duration::from_secs(5)), "CANCEL").is_none(), "old ring time not used");
     assert!(method(&h.tick(Duration::from_secs(4)), "CANCEL").is_some(), "new ring time used");
 }
+
+#[test]
+fn a_new_domain_becomes_the_realm_and_registrations_stay() {
+    let mut h = H::new();
+    register(&mut h, "2001", "s3cret-2001", "198.18.0.11:5060");
+    let (r, _) =
+        h.reconfigure(&CONFIG.replace("domain = \"pbx.example.test\"", "domain = \"pbx2.example.test\""));
+    assert_eq!(r.applied, ["sip.domain"]);
+    let from = addr("198.18.0.12:5060");
+    let b = h.branch();
+    let out = h.feed(
+        udp("198.18.0.12:5060"),
+        &request(
+            "REGISTER",
+            "sip:pbx.example.test",
+            from,
+            "2002",
+            "<sip:2002@pbx.example.test>",
+            "r2",
+            1,
+            &b,
+            "",
+            "",
+        ),
+    );
+    let c = status(&out, 401).expect("challenge");
+    assert!(text(&c.msg).contains("realm=\"pbx2.example.test\""), "{}", text(&c.msg));
+    assert!(h.e.status_text(h.now).contains("extension 2001     contacts=1"));
+}
+
+#[test]
+fn a_removed_extensions_subscription_is_terminated() {
+    let mut h = H::new();
+    let at = addr("198.18.0.11:5060");
+    let sub = |h: &mut H, cseq: u32, extra: &str| {
+        let b = h.branch();
+        let extra = format!("Event: message-summary\r\nExpires: 600\r\n{extra}");
+        let to = "<sip:2001@pbx.example.test>";
+        h.feed(
+            udp("198.18.0.11:5060"),
+            &request("SUBSCRIBE", "sip:2001@pbx.example.test", at, "2001", to, "sub9", cseq, &b, &extra, ""),
+        )
+    };
+    let out = sub(&mut h, 1, "");
+    let c = status(&out, 407).unwrap();
+    let auth = creds(
+        &c.msg,
+        "Proxy-Authenticate",
+        "SUBSCRIBE",
+        "sip:2001@pbx.example.test",
+        "2001",
+        "s3cret-2001",
+        1,
+    );
+    let out = sub(&mut h, 2, &format!("Proxy-Authorization: {auth}\r\n"));
+    assert!(method(&out, "NOTIFY").is_some(), "initial NOTIFY");
+    let (r, out) =
+        h.reconfigure(&CONFIG.replace("2001 = { name = \"Alice\", secret = \"s3cret-2001\" }\n", ""));
+    assert_eq!(r.extensions.removed, ["2001"]);
+    let n = method(&out, "NOTIFY").expect("a last NOTIFY down the subscription");
+    assert_eq!(n.msg.call_id().unwrap(), "sub9");
+    assert!(text(&n.msg).contains("Subscription-State: terminated;reason=noresource"), "{}", text(&n.msg));
+    // A later MWI for 2001 reaches nobody.
+    let body = "Messages-Waiting: yes\r\nMessage-Account: sip:52001@pbx.example.test\r\n";
+    let um = Dest { transport: SipTransport::Tcp, addr: addr("198.18.2.20:40000"), conn: Some(1) };
+    let notify = format!(
+        "NOTIFY sip:52001@198.18.1.1 SIP/2.0\r\nVia: SIP/2.0/TCP 198.18.2.20:40000;branch=z9hG4bKm7\r\nMax-Forwards: 70\r\n\
+         From: <sip:um@um>;tag=u1\r\nTo: <sip:52001@pbx>\r\nCall-ID: mwi7\r\nCSeq: 1 NOTIFY\r\n\
+         Event: message-summary\r\nContent-Type: application/simple-message-summary\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let out = h.feed(um, &notify);
+    assert!(status(&out, 404).is_some() && method(&out, "NOTIFY").is_none());
+}
