@@ -117,7 +117,7 @@ fn dial_plan() -> DialPlan {
         strip,
         prepend: prepend.to_string(),
     };
-    let trunk = |t: &str| Target::Trunk(t.to_string());
+    let trunk = |t: &str| Target::Trunk(t.into());
     DialPlan {
         rules: vec![
             rule("2XXX", Target::Extension, 0, ""),

@@ -1102,3 +1102,104 @@ fn tls_phone_registers_and_is_called_on_its_own_connection() {
     t.check(code == 0, &format!("caller sipp (expects 486) exited {code}"));
     t.wait_metric("portier_sip_calls_total", &[&calls("busy")], 1.0, S(3));
 }
+
+/// Whether process `pid` has exited (gone, or a zombie its parent has not reaped yet).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+    }
+}
+
+/// SIGTERM drains the B2BUA: a call that is up goes on until `global.drain_timeout` (3 s
+/// here), then portier sends BYE to both phones; during the drain a new INVITE gets 503 with
+/// Retry-After (before any challenge) while a REGISTER still succeeds; the process then
+/// exits by itself and logs the call as answered, ended by the drain.
+#[test]
+fn sigterm_lets_a_call_run_until_the_drain_timeout_then_hangs_up_both_legs() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    use std::time::Instant;
+
+    let cfg = format!(
+        "[global]\ndrain_timeout = \"3s\"\n\n{}",
+        pbx_config("", &[ALICE, BOB, CAROL], "", &[("2XXX", "extension", 0)])
+    );
+    let mut t = SipTest::start(&cfg);
+    t.register("2002", "s3cret-2002", PHONE2, 5070);
+    let mut callee = t.phone_uas("uas.xml", "2002", PHONE2, 5070, 1, S(20));
+    let mut caller =
+        t.phone_call("call_until_bye.xml", "2001", "s3cret-2001", PHONE1, 5070, "2002", 1, S(20));
+    t.wait_metric("portier_sip_calls_active", &[], 1.0, S(10));
+
+    let pid = t.portier.pid().unwrap_or_else(|| t.fail("portier is not running"));
+    let signalled = Instant::now();
+    kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap_or_else(|e| t.fail(&format!("SIGTERM: {e}")));
+
+    let target = format!("{PBX}:5060");
+    let refused = t.sipp_ok(
+        &t.lab.phones,
+        "invite-during-drain",
+        &[
+            "-sf",
+            &scenario("invite_503.xml"),
+            &target,
+            "-i",
+            PHONE3,
+            "-p",
+            "5070",
+            "-s",
+            "2003",
+            "-set",
+            "domain",
+            DOMAIN,
+            "-set",
+            "callee",
+            "2001",
+            "-m",
+            "1",
+        ],
+        S(5),
+    );
+    let r503 = refused.received().into_iter().find(|m| m.status() == Some(503));
+    let retry = r503.as_ref().and_then(|m| m.header("Retry-After"));
+    t.check(retry.is_some(), &format!("the 503 during the drain carries Retry-After: {retry:?}"));
+    t.check(signalled.elapsed() < S(3), "the new INVITE was refused while the call was still up");
+
+    let reg = t.register("2003", "s3cret-2003", PHONE3, 5072);
+    let contacts: Vec<String> = reg
+        .received()
+        .iter()
+        .filter(|m| m.status() == Some(200))
+        .flat_map(|m| m.headers("Contact"))
+        .collect();
+    t.check(
+        contacts.iter().any(|c| c.contains("expires=60")),
+        &format!("a REGISTER during the drain is granted at most 60 s: {contacts:?}"),
+    );
+
+    let (cc, ce) = (caller.wait(), callee.wait());
+    let took = signalled.elapsed();
+    t.check(cc == 0 && ce == 0, &format!("caller sipp exited {cc}, callee sipp exited {ce} (want 0, 0)"));
+    t.check(caller.received().iter().any(|m| m.is("BYE")), "the caller gets portier's BYE");
+    t.check(callee.received().iter().any(|m| m.is("BYE")), "the callee gets portier's BYE");
+    t.check(
+        took >= Duration::from_millis(2800),
+        &format!("the call was hung up after {took:?}, before the 3 s drain timeout"),
+    );
+
+    let t0 = Instant::now();
+    while !exited(pid) && t0.elapsed() < S(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t.check(exited(pid), &format!("portier still runs {:?} after the drain timeout", signalled.elapsed()));
+    let status = t.portier.stop(S(5)).unwrap_or_else(|e| t.fail(&format!("portier exit: {e}")));
+    t.check(status.success(), &format!("portier exited with {status}"));
+    let log = plain(&t.log());
+    t.check(
+        log.lines().any(|l| {
+            l.contains("sip call") && l.contains("outcome=answered") && l.contains("end_reason=drain")
+        }),
+        "the call's log line: `sip call ... outcome=answered end_reason=drain`",
+    );
+}

@@ -1,16 +1,18 @@
 //! The B2BUA engine fed arbitrary datagrams (split on a 0xff byte into several messages, from
 //! a registered phone's address, a trunk's and a stranger's) with time moving between them:
-//! it must never panic, and everything it sends must parse.
+//! it must never panic, and everything it sends must parse. A first byte of 0 also drains the
+//! engine after the first message, so the drain paths (503s, BYEs at the deadline,
+//! unREGISTER) are fuzzed too.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use portier::config::{SipConfig, SipTransport};
 use portier::metrics::Metrics;
 use portier::sip::engine::{Dest, Engine, EngineOptions, Now};
 use portier::sip::parse_datagram;
+use portier::sip::{SipConfig, SipTransport};
 
 const CONFIG: &str = r#"
 [sip]
@@ -68,8 +70,12 @@ fuzz_target!(|data: &[u8]| {
         Dest { transport: SipTransport::Tcp, addr: "198.18.2.20:40000".parse().unwrap(), conn: Some(1) },
         Dest { transport: SipTransport::Udp, addr: "198.18.3.10:5060".parse().unwrap(), conn: None },
     ];
+    let drain = data.first() == Some(&0);
     for (i, chunk) in data.split(|&b| b == 0xff).enumerate() {
         e.on_datagram(chunk, sources[i % sources.len()], now);
+        if drain && i == 0 {
+            e.drain(now.mono + Duration::from_secs(2), now);
+        }
         now.mono += Duration::from_millis(700);
         now.unix += 1;
         e.on_timer(now);

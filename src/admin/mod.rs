@@ -21,7 +21,7 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub state: Arc<arc_swap::ArcSwap<State>>,
     /// The SIP B2BUA's state as text, refreshed by its task every second (empty without SIP).
-    pub sip_status: Arc<std::sync::Mutex<String>>,
+    pub sip_status: watch::Receiver<String>,
     /// Where `POST /api/reload` goes (the runtime answers).
     pub reload: ReloadSender,
 }
@@ -64,9 +64,7 @@ impl Admin {
         for t in self.state.load().sticky_tables.values() {
             let _ = writeln!(s, "sticky table {}: {} entries", t.name, t.len());
         }
-        if let Ok(sip) = self.sip_status.lock() {
-            s.push_str(&sip);
-        }
+        s.push_str(&self.sip_status.borrow());
         s
     }
 

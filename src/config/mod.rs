@@ -13,9 +13,11 @@ use std::path::Path;
 pub use duration::{format_duration, parse_duration};
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
-pub use sip::{
-    parse_sip_addr, summary as sip_summary, Forward, ForwardTo, Identity, SipAddr, SipConfig, SipExtension,
-    SipTrunk, SipVoicemail, TrunkKind,
+pub use sip::{parse_sip_addr, summary as sip_summary};
+// The SIP model is `sip`'s; re-exported so configuration readers find it here too.
+pub use crate::sip::{
+    Forward, ForwardTo, Identity, SipAddr, SipConfig, SipExtension, SipTransport, SipTrunk, SipVoicemail,
+    TrunkKind,
 };
 pub use validate::{parse_port_spec, parse_server_address};
 

@@ -5,6 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::sip::{SipConfig, SipTransport};
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub path: PathBuf,
@@ -14,7 +16,7 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
     pub services: Vec<ServiceConfig>,
     /// The SIP B2BUA (validated; not run yet).
-    pub sip: Option<super::sip::SipConfig>,
+    pub sip: Option<SipConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -121,13 +123,6 @@ impl ServerConfig {
             None => self.address.to_string(),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SipTransport {
-    Udp,
-    Tcp,
-    Tls,
 }
 
 #[derive(Debug, Clone, PartialEq)]

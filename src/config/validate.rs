@@ -13,6 +13,7 @@ use super::duration::{format_duration, parse_duration};
 use super::error::{ConfigError, ConfigErrors, Locator};
 use super::file::*;
 use super::model::*;
+use crate::sip::SipTransport;
 
 pub(super) struct Checker<'a> {
     pub(super) loc: Locator<'a>,

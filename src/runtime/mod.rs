@@ -51,6 +51,8 @@ pub(crate) struct Running {
     state: Arc<ArcSwap<State>>,
     listeners: Listeners,
     checkers: Checkers,
+    /// The B2BUA, when `[sip]` is configured.
+    sip: Option<crate::sip::SipHandle>,
 }
 
 /// Runs portier until SIGTERM or SIGINT, then stops gracefully.
@@ -108,11 +110,12 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
 
     let (reload_tx, mut reload_rx) = mpsc::channel(4);
     let mut tasks = Vec::new();
-    let sip_status = Arc::new(std::sync::Mutex::new(String::new()));
+    let sip = sip.map(|(bound, sip_cfg)| crate::sip::service::spawn(bound, sip_cfg, metrics.sip()));
+    let sip_status = sip.as_ref().map_or_else(|| watch::channel(String::new()).1, |s| s.status());
     let admin = Arc::new(Admin {
         metrics: metrics.clone(),
         state: shared.clone(),
-        sip_status: sip_status.clone(),
+        sip_status,
         reload: reload_tx.clone(),
     });
     tasks.push(tokio::spawn(admin::serve(admin_listener, admin, stop_rx.clone())));
@@ -123,15 +126,6 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
         stop_rx.clone(),
     )));
     tasks.push(tokio::spawn(purge_sticky(shared.clone(), stop_rx.clone())));
-    if let Some((bound, sip_cfg)) = sip {
-        tasks.push(tokio::spawn(crate::sip::service::run(
-            bound,
-            sip_cfg,
-            metrics.sip(),
-            sip_status,
-            stop_rx.clone(),
-        )));
-    }
 
     let mut running = Running {
         path: config.path.clone(),
@@ -141,6 +135,7 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
         state: shared,
         listeners,
         checkers,
+        sip,
     };
     let mut reap = tokio::time::interval(listeners::CLOSING_GRACE / 2);
     let why = loop {
@@ -162,6 +157,9 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     let config = running.state.load().config.clone();
     let limit = config.global.drain_timeout;
     tracing::info!(active = drain.active(), "{why}: refusing new connections; draining for up to {limit:?}");
+    if let Some(s) = &running.sip {
+        s.drain(std::time::Instant::now() + limit);
+    }
     let _ = stop_tx.send(true);
     running.checkers.stop_all();
     for t in tasks {
@@ -179,6 +177,10 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
         tracing::warn!(active = drain.active(), "drain limit reached: closing remaining connections");
     }
     running.listeners.abort_all();
+    // Calls in progress ran until the drain deadline; the BYEs are out once it returns.
+    if let Some(s) = running.sip.take() {
+        s.join().await;
+    }
     intercept::remove(&config.intercept);
     tracing::info!("stopped: interception rules and routes removed");
     Ok(())

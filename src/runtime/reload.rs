@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::proxy::accept::Serving;
 use crate::proxy::http::HttpService;
 use crate::proxy::Drain;
-use crate::state::plan::{plan, Plan};
+use crate::state::plan::{plan, Plan, Step};
 use crate::state::{Carry, State};
 
 /// What each service's listeners hand connections to, built (certificates read, upstream TLS
@@ -64,6 +64,9 @@ fn report(plan: &Plan) -> String {
     for step in &plan.steps {
         let _ = writeln!(s, "{step}");
     }
+    if let Some(sip) = &plan.sip {
+        let _ = writeln!(s, "sip: {sip}");
+    }
     for f in &plan.needs_restart {
         let _ = writeln!(s, "{f}: changed, needs a restart (the running value stays)");
     }
@@ -76,7 +79,7 @@ impl Running {
     pub(crate) async fn reload(&mut self, path: Option<PathBuf>) -> ReloadOutcome {
         let path = path.unwrap_or_else(|| self.path.clone());
         let started = std::time::Instant::now();
-        match self.apply(&path) {
+        match self.apply(&path).await {
             Ok(plan) => {
                 self.path = path.clone();
                 self.metrics.reload.succeeded();
@@ -111,13 +114,16 @@ impl Running {
         }
     }
 
-    fn apply(&mut self, path: &std::path::Path) -> Result<Plan, String> {
+    async fn apply(&mut self, path: &std::path::Path) -> Result<Plan, String> {
         let new = config::load(path).map_err(|e| e.to_string())?;
         let old = self.state.load_full();
         let plan = plan(&old.config, &new);
         let new = effective(&old.config, new);
         let state = Arc::new(State::rebuild(new, &self.metrics, &Carry::from_state(&old)));
         let serving = serving_parts(&state, &self.metrics, &self.drain).map_err(|e| e.to_string())?;
+        if let (Some(sip), true) = (&state.config.sip, plan.has(&Step::Sip)) {
+            crate::sip::service::check_certificates(sip).map_err(|e| e.to_string())?;
+        }
         let bound = self.listeners.bind_missing(&state).map_err(|e| e.to_string())?;
         if plan.rules_changed() {
             let ports: Vec<u16> = state.services.iter().map(|s| s.listener_port).collect();
@@ -142,6 +148,22 @@ impl Running {
             });
         }
         self.checkers.reconcile(&state);
+        let mut plan = plan;
+        if let (Some(handle), Some(sip), true) = (&self.sip, &state.config.sip, plan.has(&Step::Sip)) {
+            match handle.reconfigure(Arc::new(sip.clone())).await {
+                Ok(report) => {
+                    tracing::info!("sip reconfigured: {report}");
+                    plan.sip = Some(report.to_string());
+                    plan.needs_restart.extend(report.needs_restart.iter().cloned());
+                }
+                // The certificates were checked above; only files changed in between (or a
+                // stopped B2BUA) get here: the rest is applied, SIP keeps its configuration.
+                Err(e) => {
+                    tracing::error!("sip not reconfigured, it keeps its running configuration: {e}");
+                    plan.sip = Some(format!("NOT reconfigured: {e}"));
+                }
+            }
+        }
         Ok(plan)
     }
 }

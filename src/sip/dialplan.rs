@@ -19,6 +19,8 @@
 
 use std::fmt;
 
+use crate::sip::TrunkId;
+
 /// The characters a pattern element can name: 0-9, then `*`, `#`, `+`.
 const ALPHABET: &[u8; 13] = b"0123456789*#+";
 const DIGITS: u16 = 0x3ff;
@@ -169,7 +171,7 @@ pub enum Target {
     /// One of the PBX's own extensions; the number (after strip and prepend) names it.
     Extension,
     /// A trunk, by its name in `[sip.trunks]`.
-    Trunk(String),
+    Trunk(TrunkId),
 }
 
 impl fmt::Display for Target {

@@ -229,6 +229,19 @@ impl DigestServer {
         self.max_sources = max_sources.max(1);
     }
 
+    /// A new realm (the SIP domain changed): the key and the replay table stay, so nonces
+    /// already issued keep verifying; credentials computed for the old realm are refused and
+    /// challenged again with the new one.
+    pub fn set_realm(&mut self, realm: impl Into<String>) {
+        self.realm = realm.into();
+    }
+
+    /// A new nonce lifetime (at least 1 s), applied to nonces already issued too: their
+    /// timestamps are in them, the lifetime is checked when they come back.
+    pub fn set_lifetime(&mut self, nonce_lifetime: Duration) {
+        self.lifetime = nonce_lifetime.as_secs().max(1);
+    }
+
     /// The realm.
     pub fn realm(&self) -> &str {
         &self.realm

@@ -24,6 +24,7 @@ mod framer;
 mod grammar;
 mod headers;
 mod message;
+pub mod model;
 mod parse;
 pub mod service;
 pub mod transaction;
@@ -37,10 +38,16 @@ mod prop_tests;
 #[cfg(test)]
 mod torture_tests;
 
+pub use engine::{Changes, ReconfigureReport};
 pub use error::{EditError, HeaderError, ParseError};
 pub use framer::{Frame, FrameError, StreamFramer};
 pub use headers::{canonical_name, split_list, CSeq, ContactList, MediaType, NameAddr, Param, Params, Via};
 pub use message::{Header, Message, StartLine};
+pub use model::{
+    CertFiles, Forward, ForwardTo, Identity, SipAddr, SipConfig, SipExtension, SipTransport, SipTrunk,
+    SipVoicemail, TrunkId, TrunkKind,
+};
 pub use parse::{parse_datagram, parse_datagram_with, parse_message, Limits};
+pub use service::{SipError, SipHandle};
 pub use uri::{SipUri, TelUri, Uri};
 pub use validate::{judge, judge_unparsed, ReplyContext, Verdict};

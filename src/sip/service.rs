@@ -1,5 +1,9 @@
 //! The SIP transports (UDP, TCP, TLS) and the task that drives the engine.
 //!
+//! [`spawn`] starts the task on sockets [`bind`] opened and returns a [`SipHandle`], the only
+//! way in from outside: reconfigure (over a control channel, answered by the engine), status
+//! text (a watch channel the task refreshes every second), drain and join.
+//!
 //! One task owns the [`Engine`] and the table of connections; socket tasks only move bytes:
 //! UDP readers hand datagrams over, each TCP/TLS connection has a reader (framing with
 //! [`StreamFramer`], answering CRLF keep-alive pings itself) and a writer fed by a channel.
@@ -15,14 +19,18 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 
-use crate::config::{SipConfig, SipTransport};
 use crate::metrics::SipMetrics;
-use crate::proxy::tls::{client_config, TlsAcceptorHandle, UpstreamTls};
-use crate::sip::engine::{Dest, Engine, EngineOptions, Now, Outgoing};
+use crate::proxy::tls::{client_config, CertSpec, CertStore, TlsAcceptorHandle, UpstreamTls};
+use crate::sip::engine::{Dest, Engine, EngineOptions, Now, Outgoing, ReconfigureReport};
 use crate::sip::{Frame, StreamFramer};
+use crate::sip::{SipConfig, SipTransport};
 
+/// After the engine has drained (or hung up at the deadline), the task keeps running this long
+/// so the last BYEs and unREGISTERs leave and their first answers or retransmissions happen.
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
 /// Connecting to a peer (TCP handshake plus TLS) may take this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Queued outbound messages per connection before new ones are dropped (UDP-like loss;
@@ -35,25 +43,35 @@ pub enum SipError {
     Bind { addr: String, source: io::Error },
     #[error("SIP TLS certificate: {0}")]
     Tls(#[from] crate::proxy::tls::TlsError),
+    #[error("the SIP B2BUA has stopped")]
+    Stopped,
 }
 
 /// Sockets bound before anything else starts, so a busy port stops the start with its name.
 pub struct Bound {
     udp: Vec<Arc<UdpSocket>>,
     tcp: Vec<(SipTransport, TcpListener)>,
-    acceptor: Option<TlsAcceptorHandle>,
+    acceptor: Option<Arc<TlsAcceptorHandle>>,
+}
+
+/// Loads the certificates `cfg` names without using them: a reload checks them before it
+/// changes anything.
+pub fn check_certificates(cfg: &SipConfig) -> Result<(), SipError> {
+    if cfg.tls.is_some() {
+        drop(CertStore::load(&cert_specs(cfg))?);
+    }
+    Ok(())
+}
+
+fn cert_specs(cfg: &SipConfig) -> Vec<CertSpec> {
+    cfg.tls.iter().map(|c| CertSpec { cert: c.cert.clone(), key: c.key.clone() }).collect()
 }
 
 /// Binds every `[sip] listen` address and loads the TLS certificate.
 pub async fn bind(cfg: &SipConfig) -> Result<Bound, SipError> {
     let mut b = Bound { udp: Vec::new(), tcp: Vec::new(), acceptor: None };
     if cfg.listen.iter().any(|l| l.transport == SipTransport::Tls) {
-        let spec: Vec<crate::proxy::tls::CertSpec> = cfg
-            .tls
-            .iter()
-            .map(|c| crate::proxy::tls::CertSpec { cert: c.cert.clone(), key: c.key.clone() })
-            .collect();
-        b.acceptor = Some(TlsAcceptorHandle::load(&spec)?);
+        b.acceptor = Some(Arc::new(TlsAcceptorHandle::load(&cert_specs(cfg))?));
     }
     for l in &cfg.listen {
         let err = |source| SipError::Bind { addr: l.to_string(), source };
@@ -88,13 +106,82 @@ struct Transports {
     tls_client: Arc<rustls::ClientConfig>,
 }
 
-/// Runs the B2BUA until `stop` turns true.
-pub async fn run(
+/// A request from the handle to the engine task.
+enum Control {
+    Reconfigure { cfg: Arc<SipConfig>, reply: oneshot::Sender<ReconfigureReport> },
+}
+
+/// The running B2BUA, seen from outside (the runtime, admin).
+pub struct SipHandle {
+    control: mpsc::Sender<Control>,
+    drain: watch::Sender<Option<std::time::Instant>>,
+    status: watch::Receiver<String>,
+    acceptor: Option<Arc<TlsAcceptorHandle>>,
+    task: JoinHandle<()>,
+}
+
+impl SipHandle {
+    /// Applies a new (validated) `[sip]` configuration; see [`Engine::reconfigure`]. The TLS
+    /// certificate files are read again first: if they cannot be loaded, nothing changes and
+    /// the error names the file.
+    pub async fn reconfigure(&self, cfg: Arc<SipConfig>) -> Result<ReconfigureReport, SipError> {
+        if cfg.tls.is_some() {
+            let specs = cert_specs(&cfg);
+            match &self.acceptor {
+                // Loaded and checked completely before the swap (on error the running
+                // certificates stay).
+                Some(a) => a.reload(&specs)?,
+                // No TLS listener runs (one appearing needs a restart): still refuse files
+                // that would not load, rather than accept them silently.
+                None => drop(CertStore::load(&specs)?),
+            }
+        }
+        let (reply, answer) = oneshot::channel();
+        self.control.send(Control::Reconfigure { cfg, reply }).await.map_err(|_| SipError::Stopped)?;
+        answer.await.map_err(|_| SipError::Stopped)
+    }
+
+    /// The B2BUA's state as text for /status, refreshed every second.
+    pub fn status(&self) -> watch::Receiver<String> {
+        self.status.clone()
+    }
+
+    /// Stops the B2BUA by `deadline`: new calls get 503, registrations still refresh (for at
+    /// most a minute), calls in progress go on until the deadline and then get a BYE on both
+    /// legs, register trunks unregister. The task ends once nothing is left, or shortly after
+    /// the deadline (see `engine::drain`).
+    pub fn drain(&self, deadline: std::time::Instant) {
+        self.drain.send_replace(Some(deadline));
+    }
+
+    /// Waits for the task to end (after [`SipHandle::drain`]).
+    pub async fn join(self) {
+        let SipHandle { control, drain, status, acceptor, task } = self;
+        if let Err(e) = task.await {
+            tracing::error!("SIP task ended abnormally: {e}");
+        }
+        drop((control, drain, status, acceptor));
+    }
+}
+
+/// Starts the B2BUA on `bound` sockets.
+pub fn spawn(bound: Bound, cfg: Arc<SipConfig>, metrics: SipMetrics) -> SipHandle {
+    let (control, control_rx) = mpsc::channel(8);
+    let (drain, drain_rx) = watch::channel(None);
+    let (status_tx, status) = watch::channel(String::new());
+    let acceptor = bound.acceptor.clone();
+    let task = tokio::spawn(run(bound, cfg, metrics, status_tx, control_rx, drain_rx));
+    SipHandle { control, drain, status, acceptor, task }
+}
+
+/// The engine task: until it has drained after the handle asked (or the handle is gone).
+async fn run(
     bound: Bound,
     cfg: Arc<SipConfig>,
     metrics: SipMetrics,
-    status: Arc<std::sync::Mutex<String>>,
-    mut stop: watch::Receiver<bool>,
+    status: watch::Sender<String>,
+    mut control: mpsc::Receiver<Control>,
+    mut drain: watch::Receiver<Option<std::time::Instant>>,
 ) {
     let (tx, mut rx) = mpsc::channel::<Inbound>(8192);
     let tls_client = match client_config(&UpstreamTls::default()) {
@@ -129,8 +216,19 @@ pub async fn run(
         "SIP B2BUA running"
     );
     let mut publish = tokio::time::interval(Duration::from_secs(1));
+    let (mut control_open, mut drain_open) = (true, true);
+    let mut finish: Option<tokio::time::Instant> = None;
     loop {
         t.flush(&mut engine);
+        if finish.is_none() && engine.drained() {
+            finish = Some(tokio::time::Instant::now() + DRAIN_GRACE);
+        }
+        let grace = async {
+            match finish {
+                Some(f) => tokio::time::sleep_until(f).await,
+                None => std::future::pending().await,
+            }
+        };
         let deadline = engine.next_deadline();
         let sleep = async {
             match deadline {
@@ -152,12 +250,34 @@ pub async fn run(
             }
             _ = sleep => engine.on_timer(Now::system()),
             _ = publish.tick() => {
-                let text = engine.status_text(Now::system());
-                if let Ok(mut s) = status.lock() {
-                    *s = text;
+                status.send_replace(engine.status_text(Now::system()));
+            }
+            c = control.recv(), if control_open => match c {
+                Some(Control::Reconfigure { cfg, reply }) => {
+                    let report = engine.reconfigure(cfg, Now::system());
+                    tracing::info!("SIP reconfigured: {report}");
+                    let _ = reply.send(report);
+                    status.send_replace(engine.status_text(Now::system()));
+                }
+                // The handle is gone: nobody could ask later, so stop now (BYEs included).
+                None => {
+                    control_open = false;
+                    engine.drain(std::time::Instant::now(), Now::system());
+                }
+            },
+            changed = drain.changed(), if drain_open => {
+                let deadline = match changed {
+                    Ok(()) => *drain.borrow_and_update(),
+                    Err(_) => {
+                        drain_open = false;
+                        Some(std::time::Instant::now())
+                    }
+                };
+                if let Some(d) = deadline {
+                    engine.drain(d, Now::system());
                 }
             }
-            _ = stop.changed() => break,
+            _ = grace => break,
         }
     }
     for task in tasks {
@@ -382,4 +502,58 @@ async fn serve_conn<S>(
     drop(writer);
     write.abort();
     let _ = tx.send(Inbound::Closed(id)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::{CertFiles, SipAddr, SipExtension};
+
+    fn config() -> SipConfig {
+        let text = "[sip]\nlisten = [\"udp:127.0.0.1:5060\"]\ndomain = \"pbx.example.test\"\n\
+                    [sip.extensions]\n2001 = { secret = \"s\" }\n";
+        let mut c = crate::config::parse(text, std::path::Path::new("t.toml")).unwrap().sip.unwrap();
+        // Any free port: the handle is what is tested here, not the listener.
+        c.listen = vec![SipAddr { transport: SipTransport::Udp, addr: "127.0.0.1:0".parse().unwrap() }];
+        c
+    }
+
+    fn with_extension(mut c: SipConfig, n: &str) -> SipConfig {
+        let e = c.extensions["2001"].clone();
+        c.extensions.insert(n.to_string(), SipExtension { name: n.to_string(), ..e });
+        c
+    }
+
+    /// The runtime and admin may keep the handle in shared state and hand it across tasks.
+    #[test]
+    fn the_handle_can_be_shared_between_tasks() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<SipHandle>();
+        shareable::<ReconfigureReport>();
+    }
+
+    #[tokio::test]
+    async fn the_handle_reconfigures_reports_status_and_drains() {
+        let cfg = config();
+        let bound = bind(&cfg).await.unwrap();
+        let h = spawn(bound, Arc::new(cfg.clone()), SipMetrics::default());
+        let mut status = h.status();
+        tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| s.contains("extension 2001")))
+            .await
+            .expect("status published")
+            .unwrap();
+
+        // Unreadable certificate files refuse the whole reconfigure: 2010 is not added.
+        let mut bad = with_extension(cfg.clone(), "2010");
+        bad.tls = Some(CertFiles { cert: "/nonexistent/sip.pem".into(), key: "/nonexistent/sip.key".into() });
+        let e = h.reconfigure(Arc::new(bad)).await.unwrap_err();
+        assert!(matches!(e, SipError::Tls(_)) && e.to_string().contains("/nonexistent/sip.pem"), "{e}");
+
+        let r = h.reconfigure(Arc::new(with_extension(cfg.clone(), "2010"))).await.unwrap();
+        assert_eq!(r.extensions.added, ["2010"], "the refused reconfigure changed nothing");
+        assert!(status.borrow_and_update().contains("extension 2010"), "status refreshed at once");
+
+        h.drain(std::time::Instant::now());
+        tokio::time::timeout(Duration::from_secs(5), h.join()).await.expect("the task ends after drain");
+    }
 }

@@ -90,7 +90,9 @@ impl fmt::Display for Step {
 pub struct Plan {
     pub steps: Vec<Step>,
     /// Fields that differ but cannot change in a running process; everything else applies.
-    pub needs_restart: Vec<&'static str>,
+    pub needs_restart: Vec<String>,
+    /// What the B2BUA reported once it applied its part (filled in by the runtime).
+    pub sip: Option<String>,
 }
 
 impl Plan {
@@ -122,7 +124,7 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
     let mut p = Plan::default();
     let restart = |p: &mut Plan, changed: bool, field: &'static str| {
         if changed {
-            p.needs_restart.push(field);
+            p.needs_restart.push(field.to_string());
         }
     };
     restart(&mut p, old.global.threads != new.global.threads, "global.threads");

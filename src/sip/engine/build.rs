@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::config::SipAddr;
-use crate::config::SipTransport;
 use crate::sip::transaction::MAGIC_COOKIE;
+use crate::sip::SipAddr;
+use crate::sip::SipTransport;
 use crate::sip::{EditError, Message, NameAddr, ReplyContext, Uri};
 
 /// The branch prefix of every request portier originates: `z9hG4bK` + `-pt-`. A request that

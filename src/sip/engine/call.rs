@@ -9,10 +9,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::config::{ForwardTo, Identity, SipAddr, TrunkKind};
 use crate::sip::dialplan::Target as PlanTarget;
 use crate::sip::digest;
 use crate::sip::transaction::Key;
+use crate::sip::{ForwardTo, Identity, SipAddr, TrunkId, TrunkKind};
 use crate::sip::{Message, NameAddr};
 
 use super::auth::Challenge;
@@ -93,7 +93,7 @@ pub(super) struct Fork {
     pub cancel_sent: bool,
     pub auth_tries: u8,
     pub redirects: u8,
-    pub trunk: Option<usize>,
+    pub trunk: Option<TrunkId>,
     /// Extra headers of its INVITE (identity, Diversion), kept for re-sends.
     pub extra: Vec<(String, String)>,
 }
@@ -102,7 +102,7 @@ pub(super) struct Fork {
 #[derive(Debug, Clone)]
 pub(super) enum Target {
     Extension(String),
-    Trunk { trunk: usize, number: String },
+    Trunk { trunk: TrunkId, number: String },
     Voicemail { ext: String, reason: &'static str },
 }
 
@@ -136,7 +136,7 @@ pub(super) struct Call {
     pub private: bool,
     pub callee: String,
     pub route: String,
-    pub trunk: Option<String>,
+    pub trunk: Option<TrunkId>,
     pub a: Leg,
     pub a_invite: Message,
     pub a_key: Key,
@@ -155,6 +155,9 @@ pub(super) struct Call {
     /// A transfer (REFER from the far side) is being placed: new forks are invited without
     /// SDP and their answer is offered to the caller in a re-INVITE (`transfer.rs`).
     pub transfer: Option<super::transfer::Transfer>,
+    /// Why an answered call ended, for the log line: caller_bye, callee_bye, no_ack, drain;
+    /// "-" otherwise.
+    pub end_reason: &'static str,
 }
 
 impl Call {
@@ -226,6 +229,10 @@ impl Engine {
             self.reject(&key, &req, 482, "Loop Detected", now);
             return;
         }
+        // Before authentication: a stopping B2BUA has nothing to offer a new call.
+        if self.refuse_draining(&key, &req, now) {
+            return;
+        }
         let dialled = req
             .request_uri()
             .ok()
@@ -235,15 +242,17 @@ impl Engine {
             self.reject(&key, &req, 484, "Address Incomplete", now);
             return;
         };
-        let from_trunk = self.trunk_from(src.addr.ip()).filter(|&i| match &self.trunks[i].cfg.kind {
-            TrunkKind::Peer { trusted, .. } => *trusted,
-            TrunkKind::Register { .. } => true,
-        });
+        let from_trunk = self
+            .trunk_from(src.addr.ip())
+            .and_then(|id| self.trunks.get(&id))
+            .map(|t| &t.cfg.kind)
+            // An untrusted peer's calls are authenticated like a phone's.
+            .filter(|k| !matches!(k, TrunkKind::Peer { trusted: false, .. }));
         let (caller, caller_name, private, target) = match from_trunk {
-            Some(i) => {
+            Some(kind) => {
                 let (user, name, private) = identity_of(&req);
                 let user = user.unwrap_or_else(|| "anonymous".into());
-                let target = match &self.trunks[i].cfg.kind {
+                let target = match kind {
                     TrunkKind::Register { inbound: Some(ext), .. } => Some(Target::Extension(ext.clone())),
                     TrunkKind::Register { inbound: None, .. } => {
                         self.cfg.extensions.contains_key(&dialled).then(|| Target::Extension(dialled.clone()))
@@ -263,7 +272,9 @@ impl Engine {
                 let target = if own {
                     // Subscriber access as themselves: the pilot, no Diversion.
                     let vm = self.cfg.voicemail.as_ref().expect("checked above");
-                    self.trunk_index(&vm.trunk).map(|t| Target::Trunk { trunk: t, number: vm.pilot.clone() })
+                    self.trunks
+                        .contains_key(&vm.trunk)
+                        .then(|| Target::Trunk { trunk: vm.trunk.clone(), number: vm.pilot.clone() })
                 } else {
                     self.plan(&dialled)
                 };
@@ -326,6 +337,7 @@ impl Engine {
                 answered: None,
                 diversion: None,
                 transfer: None,
+                end_reason: "-",
             },
         );
         // Stops the caller's retransmissions at once (the transaction would send it in 200 ms).
@@ -340,8 +352,8 @@ impl Engine {
             PlanTarget::Extension => {
                 self.cfg.extensions.contains_key(&r.number).then_some(Target::Extension(r.number))
             }
-            PlanTarget::Trunk(name) => {
-                self.trunk_index(&name).map(|trunk| Target::Trunk { trunk, number: r.number })
+            PlanTarget::Trunk(trunk) => {
+                self.trunks.contains_key(&trunk).then_some(Target::Trunk { trunk, number: r.number })
             }
         }
     }
@@ -406,12 +418,15 @@ impl Engine {
         }
     }
 
-    fn call_trunk(&mut self, id: u64, i: usize, number: String, now: Now) {
-        let t = &self.trunks[i];
-        let name = t.name.clone();
+    fn call_trunk(&mut self, id: u64, trunk: TrunkId, number: String, now: Now) {
+        let Some(t) = self.trunks.get(&trunk) else {
+            self.final_a(id, 404, "No Route To Number", "failed", now);
+            return;
+        };
+        let name = t.id.clone();
         if !t.up {
             tracing::warn!(
-                trunk = name,
+                trunk = %name,
                 number,
                 "SIP: call refused with 503: trunk is down (OPTIONS unanswered)"
             );
@@ -462,7 +477,7 @@ impl Engine {
         let ruri = format!("sip:{number}@{host}");
         let to = format!("<sip:{number}@{plain_host}>");
         let dest = Dest { transport: addr.transport, addr: addr.addr, conn: None };
-        self.start_fork(id, ruri, to, dest, from, extra, Some(i), now);
+        self.start_fork(id, ruri, to, dest, from, extra, Some(trunk), now);
     }
 
     fn divert_to_voicemail(&mut self, id: u64, ext: &str, reason: &'static str, now: Now) {
@@ -470,17 +485,17 @@ impl Engine {
             self.final_a(id, 480, "No Voicemail", "no_answer", now);
             return;
         };
-        let Some(i) = self.trunk_index(&vm.trunk) else {
+        if !self.trunks.contains_key(&vm.trunk) {
             self.final_a(id, 480, "No Voicemail", "no_answer", now);
             return;
-        };
+        }
         if let Some(c) = self.calls.get_mut(&id) {
             // Exactly one Diversion, ours (DOMAIN.md §4): whatever the caller sent is dropped
             // because the fork's INVITE is built from scratch.
             c.diversion =
                 Some(format!("<tel:{}{ext}>;reason={reason};screen=no;privacy=off", vm.mailbox_prefix));
         }
-        self.call_trunk(id, i, vm.pilot, now);
+        self.call_trunk(id, vm.trunk, vm.pilot, now);
     }
 
     fn forward(&mut self, id: u64, ext: &str, to: ForwardTo, reason: &'static str, now: Now) {
@@ -533,7 +548,7 @@ impl Engine {
         dest: Dest,
         from: String,
         extra: Vec<(String, String)>,
-        trunk: Option<usize>,
+        trunk: Option<TrunkId>,
         now: Now,
     ) {
         let leg = Leg {
@@ -615,7 +630,7 @@ impl Engine {
     pub(super) fn on_fork_response(&mut self, id: u64, fid: u32, key: &Key, resp: Message, now: Now) {
         let fid = fid as usize;
         let status = resp.status().unwrap_or(500);
-        let fork_trunk = self.calls.get(&id).and_then(|c| c.forks.get(fid)).and_then(|f| f.trunk);
+        let fork_trunk = self.calls.get(&id).and_then(|c| c.forks.get(fid)).and_then(|f| f.trunk.as_ref());
         let has_creds = self.trunk_credentials(fork_trunk).is_some();
         let Some(call) = self.calls.get_mut(&id) else {
             if (200..300).contains(&status) {
@@ -715,7 +730,9 @@ impl Engine {
         }
     }
 
-    fn trunk_credentials(&self, trunk: Option<usize>) -> Option<(String, String)> {
+    /// The trunk's current credentials (a reconfigure may have changed them since the fork
+    /// started; the provider wants the ones it knows now).
+    fn trunk_credentials(&self, trunk: Option<&TrunkId>) -> Option<(String, String)> {
         match &self.trunks.get(trunk?)?.cfg.kind {
             TrunkKind::Register { username, secret, .. } => Some((username.clone(), secret.clone())),
             TrunkKind::Peer { .. } => None,
@@ -725,7 +742,7 @@ impl Engine {
     /// The provider challenged our INVITE: send it again with the trunk's credentials.
     fn reauth_fork(&mut self, id: u64, fid: usize, status: u16, resp: &Message, now: Now) {
         let Some((user, secret)) =
-            self.calls.get(&id).and_then(|c| self.trunk_credentials(c.forks[fid].trunk))
+            self.calls.get(&id).and_then(|c| self.trunk_credentials(c.forks[fid].trunk.as_ref()))
         else {
             return;
         };
@@ -759,13 +776,13 @@ impl Engine {
             let sip = c.uri.as_sip()?.clone();
             let ip: std::net::IpAddr = sip.host.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
             let transport = match sip.transport().as_deref() {
-                Some("tcp") => crate::config::SipTransport::Tcp,
-                Some("tls") => crate::config::SipTransport::Tls,
-                Some("udp") => crate::config::SipTransport::Udp,
+                Some("tcp") => crate::sip::SipTransport::Tcp,
+                Some("tls") => crate::sip::SipTransport::Tls,
+                Some("udp") => crate::sip::SipTransport::Udp,
                 _ => self.calls.get(&id)?.forks[fid].leg.dest.transport,
             };
             let port =
-                sip.port.unwrap_or(if transport == crate::config::SipTransport::Tls { 5061 } else { 5060 });
+                sip.port.unwrap_or(if transport == crate::sip::SipTransport::Tls { 5061 } else { 5060 });
             Some((
                 c.uri.to_string(),
                 Dest { transport, addr: std::net::SocketAddr::new(ip, port), conn: None },
@@ -893,7 +910,7 @@ impl Engine {
         // TCP/TLS once is enough, but the ACK still has to come, so the give-up timer stays.
         let cseq = a_invite.cseq().map(|c| c.seq).unwrap_or(0);
         let call_id = self.calls.get(&id).map(|c| c.a.call_id.clone()).unwrap_or_default();
-        let reliable = a_dest.transport != crate::config::SipTransport::Udp;
+        let reliable = a_dest.transport != crate::sip::SipTransport::Udp;
         self.ok_retx.insert(
             (call_id.clone(), cseq),
             OkRetx {
@@ -1043,6 +1060,9 @@ impl Engine {
             self.reply(&key, &req, 200, "OK", None, now);
             match (side, other) {
                 (_, Some(o)) if answered => {
+                    if let Some(c) = self.calls.get_mut(&id) {
+                        c.end_reason = if side == Side::A { "caller_bye" } else { "callee_bye" };
+                    }
                     self.bye(id, o, now);
                     self.end_call(id, "answered", now);
                 }
@@ -1130,7 +1150,7 @@ impl Engine {
                     self.out.push(Outgoing { dest: leg.dest, msg: ack });
                 }
             }
-            if let Some(dest) = origin_dest.filter(|d| d.transport == crate::config::SipTransport::Udp) {
+            if let Some(dest) = origin_dest.filter(|d| d.transport == crate::sip::SipTransport::Udp) {
                 let (oc, cseq) =
                     (origin.call_id().unwrap_or_default(), origin.cseq().map(|c| c.seq).unwrap_or(0));
                 let t1 = self.opts.timers.t1;
@@ -1195,6 +1215,9 @@ impl Engine {
             self.ok_retx.remove(&k);
             if let Some(id) = call {
                 tracing::warn!(call_id = k.0, "SIP: no ACK for our 2xx within 64*T1: hanging up both legs");
+                if let Some(c) = self.calls.get_mut(&id) {
+                    c.end_reason = "no_ack";
+                }
                 self.bye(id, Side::A, now);
                 if let Some(w) = self.calls.get(&id).and_then(|c| c.winner) {
                     self.bye(id, Side::Fork(w), now);
@@ -1305,8 +1328,9 @@ impl Engine {
             caller = %call.caller,
             callee = %call.callee,
             route = %call.route,
-            trunk = %call.trunk.as_deref().unwrap_or("-"),
+            trunk = %call.trunk.as_ref().map_or("-", TrunkId::as_str),
             %outcome,
+            end_reason = call.end_reason,
             setup_ms,
             talk_ms,
             "sip call"

@@ -14,7 +14,9 @@
 mod auth;
 mod build;
 mod call;
+mod drain;
 mod mwi;
+mod reconfigure;
 mod registrar;
 mod transfer;
 mod trunk;
@@ -23,19 +25,20 @@ mod trunk;
 mod tests;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::SipAddr;
-use crate::config::{SipConfig, SipTransport};
 use crate::metrics::{MethodLabels, SipMetrics};
 use crate::sip::digest::DigestServer;
 use crate::sip::transaction::{server_key, Action, Key, Role, Timers, TransactionTable};
+use crate::sip::SipAddr;
 use crate::sip::{judge, judge_unparsed, parse_datagram, Frame, Message, ReplyContext, Verdict};
+use crate::sip::{SipConfig, SipTransport, TrunkId};
 
 pub use build::BRANCH_PREFIX;
+pub use reconfigure::{Changes, ReconfigureReport};
 
 /// The current time, monotonic for timers and wall-clock seconds for digest nonces.
 #[derive(Debug, Clone, Copy)]
@@ -99,12 +102,14 @@ enum Wake {
     Ring { call: u64, gen: u32 },
     /// Re-send a 2xx to INVITE until its ACK arrives (§13.3.1.4).
     OkRetx { call_id: String, cseq: u32 },
-    /// Register (or refresh) trunk `i`.
-    Register(usize),
-    /// Ping trunk `i`.
-    Ping(usize),
+    /// Register (or refresh) a trunk; `gen` tells whether it is still the trunk's chain.
+    Register { trunk: TrunkId, gen: u32 },
+    /// Ping a trunk.
+    Ping { trunk: TrunkId, gen: u32 },
     /// Forget expired bindings and nonces.
     Purge,
+    /// The drain deadline: hang up what is left.
+    Drain,
 }
 
 /// What a client transaction was started for, so its response reaches the right handler.
@@ -117,10 +122,12 @@ enum Purpose {
     /// An in-dialog request relayed from the other leg; its final response goes back to
     /// server transaction `server`, answering `origin`.
     Relay { call: u64, server: Key, origin: Box<Message> },
-    /// A REGISTER of trunk `i`.
-    TrunkRegister(usize),
-    /// An OPTIONS ping of trunk `i`.
-    TrunkPing(usize),
+    /// A REGISTER of a trunk, sent by its timer chain `gen`.
+    TrunkRegister { trunk: TrunkId, gen: u32 },
+    /// An OPTIONS ping of a trunk.
+    TrunkPing { trunk: TrunkId, gen: u32 },
+    /// The unREGISTER (Expires: 0) of retired trunk state `n`.
+    TrunkUnregister(u64),
     /// A NOTIFY to a phone (message waiting).
     Notify,
     /// A fork INVITE whose call is gone and which was cancelled: a 2xx still gets ACK + BYE.
@@ -177,7 +184,15 @@ pub struct Engine {
     calls: HashMap<u64, call::Call>,
     by_call_id: HashMap<String, u64>,
     next_call: u64,
-    trunks: Vec<trunk::TrunkState>,
+    trunks: BTreeMap<TrunkId, trunk::TrunkState>,
+    /// Register trunks unregistering after a reconfigure or during a drain, by a counter.
+    retiring: HashMap<u64, trunk::TrunkState>,
+    next_retiring: u64,
+    /// Last trunk timer chain generation handed out (one counter for all trunks, so a trunk
+    /// removed and added again never meets its old chain's wakes).
+    trunk_gen: u32,
+    /// Set by [`Engine::drain`]: new calls are refused, and at this instant the rest end.
+    draining: Option<Instant>,
     ok_retx: HashMap<(String, u32), OkRetx>,
     wake: BinaryHeap<Reverse<(Instant, Wake)>>,
     metrics: SipMetrics,
@@ -192,7 +207,11 @@ impl Engine {
         let mut digest = DigestServer::new(cfg.domain.clone(), cfg.nonce_lifetime, opts.digest_key);
         digest.set_caps(65_536, 16_384);
         let mut e = Engine {
-            trunks: trunk::TrunkState::all(&cfg, &metrics),
+            trunks: cfg
+                .trunks
+                .iter()
+                .map(|(id, t)| (id.clone(), trunk::TrunkState::new(id.clone(), t.clone(), &metrics)))
+                .collect(),
             cfg,
             opts,
             tx: TransactionTable::new(opts.timers),
@@ -205,6 +224,10 @@ impl Engine {
             calls: HashMap::new(),
             by_call_id: HashMap::new(),
             next_call: 1,
+            retiring: HashMap::new(),
+            next_retiring: 0,
+            trunk_gen: 0,
+            draining: None,
             ok_retx: HashMap::new(),
             wake: BinaryHeap::new(),
             metrics,
@@ -212,8 +235,9 @@ impl Engine {
             subscriptions: Vec::new(),
             request_counters: Default::default(),
         };
-        for i in 0..e.trunks.len() {
-            e.trunk_start(i, now);
+        let ids: Vec<TrunkId> = e.trunks.keys().cloned().collect();
+        for id in &ids {
+            e.trunk_start(id, now);
         }
         e.schedule(now.mono + Duration::from_secs(10), Wake::Purge);
         e
@@ -360,8 +384,9 @@ impl Engine {
             match w {
                 Wake::Ring { call, gen } => self.ring_timeout(call, gen, now),
                 Wake::OkRetx { call_id, cseq } => self.ok_retransmit(call_id, cseq, now),
-                Wake::Register(i) => self.trunk_register(i, now),
-                Wake::Ping(i) => self.trunk_ping(i, now),
+                Wake::Register { trunk, gen } => self.trunk_register(&trunk, gen, now),
+                Wake::Ping { trunk, gen } => self.trunk_ping(&trunk, gen, now),
+                Wake::Drain => self.drain_deadline(now),
                 Wake::Purge => {
                     self.reg.purge(now.mono, &self.metrics);
                     self.digest.purge(now.unix);
@@ -566,8 +591,9 @@ impl Engine {
             Purpose::Relay { call, server, origin } => {
                 self.on_relay_response(call, server, *origin, resp, now)
             }
-            Purpose::TrunkRegister(i) => self.on_trunk_register_response(i, &key, resp, now),
-            Purpose::TrunkPing(i) => self.on_trunk_ping_response(i, &resp, synthetic),
+            Purpose::TrunkRegister { trunk, gen } => self.on_trunk_register_response(&trunk, gen, resp, now),
+            Purpose::TrunkPing { trunk, gen } => self.on_trunk_ping_response(&trunk, gen, &resp, synthetic),
+            Purpose::TrunkUnregister(n) => self.on_trunk_unregister_response(n, resp, now),
             Purpose::Reoffer { call } => self.on_reoffer_response(call, resp, now),
             Purpose::Orphan => {
                 if (200..300).contains(&resp.status().unwrap_or(0)) {

@@ -13,7 +13,7 @@ use super::build::{self, RequestParts};
 use super::registrar::Subscription;
 use super::{Dest, Engine, Now, Purpose};
 
-const SUMMARY: &str = "application/simple-message-summary";
+pub(super) const SUMMARY: &str = "application/simple-message-summary";
 const MAX_SUBSCRIPTION: u32 = 3600;
 
 fn event_of(req: &Message) -> String {
@@ -24,8 +24,9 @@ fn event_of(req: &Message) -> String {
 
 impl Engine {
     pub(super) fn on_notify(&mut self, key: Key, req: Message, src: Dest, now: Now) {
-        let vm_trunk = self.cfg.voicemail.as_ref().filter(|v| v.mwi).and_then(|v| self.trunk_index(&v.trunk));
-        let trusted = vm_trunk.is_some() && self.trunk_from(src.addr.ip()) == vm_trunk;
+        let vm_trunk = self.cfg.voicemail.as_ref().filter(|v| v.mwi).map(|v| &v.trunk);
+        let trusted = vm_trunk.is_some_and(|t| self.trunks.contains_key(t))
+            && self.trunk_from(src.addr.ip()).as_ref() == vm_trunk;
         if !trusted {
             tracing::warn!(from = %src.addr, "SIP: NOTIFY refused with 403: not from the voicemail trunk");
             self.reject(&key, &req, 403, "Forbidden", now);
@@ -97,11 +98,20 @@ impl Engine {
         let subs: Vec<usize> =
             (0..self.subscriptions.len()).filter(|&i| self.subscriptions[i].ext == ext).collect();
         for i in subs {
-            self.notify_subscription(i, ctype, body, false, now);
+            self.notify_subscription(i, ctype, body, None, now);
         }
     }
 
-    fn notify_subscription(&mut self, i: usize, ctype: &str, body: &str, terminated: bool, now: Now) {
+    /// Sends the state down subscription `i`; `terminated` ends it with that reason (RFC 6665
+    /// §4.1.3: timeout, noresource, ...).
+    pub(super) fn notify_subscription(
+        &mut self,
+        i: usize,
+        ctype: &str,
+        body: &str,
+        terminated: Option<&str>,
+        now: Now,
+    ) {
         let branch = self.ids.branch();
         let s = &mut self.subscriptions[i];
         s.cseq += 1;
@@ -124,10 +134,9 @@ impl Engine {
             return;
         };
         let left = s.expires_at.saturating_duration_since(now.mono).as_secs();
-        let state = if terminated {
-            "terminated;reason=timeout".to_string()
-        } else {
-            format!("active;expires={left}")
+        let state = match terminated {
+            Some(reason) => format!("terminated;reason={reason}"),
+            None => format!("active;expires={left}"),
         };
         let at = n.headers().len() - 1;
         let _ = n.insert_header(at, "Event", "message-summary");
@@ -208,7 +217,7 @@ impl Engine {
             .get(&ext)
             .cloned()
             .unwrap_or_else(|| (SUMMARY.to_string(), "Messages-Waiting: no\r\n".to_string()));
-        self.notify_subscription(i, &ctype, &body, expires == 0, now);
+        self.notify_subscription(i, &ctype, &body, (expires == 0).then_some("timeout"), now);
         if expires == 0 {
             self.subscriptions.remove(i);
         }

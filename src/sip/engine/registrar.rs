@@ -40,6 +40,11 @@ impl Registrar {
             .unwrap_or_default()
     }
 
+    /// Drops every binding of `ext` (the extension left the configuration); how many.
+    pub fn remove_ext(&mut self, ext: &str) -> usize {
+        self.by_ext.remove(ext).map_or(0, |v| v.len())
+    }
+
     pub fn count(&self) -> usize {
         self.by_ext.values().map(Vec::len).sum()
     }
@@ -106,8 +111,8 @@ impl Engine {
             ContactList::Addrs(addrs) => {
                 for a in addrs {
                     let uri = a.uri.to_string();
-                    let expires =
-                        a.expires().ok().flatten().or(header_expires).unwrap_or(MAX_EXPIRES).min(MAX_EXPIRES);
+                    let asked = a.expires().ok().flatten().or(header_expires).unwrap_or(MAX_EXPIRES);
+                    let expires = super::drain::granted_expires(asked, MAX_EXPIRES, self.draining.is_some());
                     list.retain(|b| b.uri != uri);
                     if expires == 0 {
                         tracing::info!(ext, contact = uri, "SIP: contact unregistered");

@@ -786,6 +786,9 @@ fn credentials_with_an_algorithm_not_offered_are_refused() {
     assert!(status(&out, 401).is_some() && status(&out, 200).is_none(), "MD5 not offered, refused");
 }
 
+mod drain;
+mod reconfigure;
+
 mod robustness {
     use super::*;
     use proptest::prelude::*;
@@ -811,6 +814,26 @@ mod robustness {
             let out = h.feed_bytes(udp("198.18.0.99:5060"), &data);
             for o in out {
                 prop_assert!(crate::sip::parse_datagram(&o.msg.to_bytes()).is_ok());
+            }
+        }
+
+        /// A draining engine (a call up, the deadline passing) fed arbitrary bytes never
+        /// panics and sends only well-formed messages.
+        #[test]
+        fn a_draining_engine_refuses_arbitrary_datagrams_cleanly(
+            data in proptest::collection::vec(any::<u8>(), 0..1500),
+            which in 0usize..5,
+        ) {
+            let mut h = H::new();
+            register(&mut h, "2002", "s3cret-2002", "198.18.0.12:5060");
+            h.e.drain(h.now.mono + Duration::from_secs(1), h.now);
+            let mut out = h.e.take_output();
+            out.extend(h.feed_bytes(udp("198.18.0.99:5060"), &data));
+            out.extend(h.feed_bytes(udp("198.18.0.11:5060"), samples()[which].as_bytes()));
+            out.extend(h.tick(Duration::from_secs(2)));
+            prop_assert!(h.e.drained());
+            for o in out {
+                prop_assert!(crate::sip::parse_datagram(&o.msg.to_bytes()).is_ok(), "{}", text(&o.msg));
             }
         }
 

@@ -1,0 +1,202 @@
+//! The B2BUA's configuration as typed, validated values: what the engine and the service run
+//! on. `config` builds these from the file (shapes, defaults, errors with file:line:field);
+//! nothing here knows about files, so `sip` never imports `config`.
+
+use std::borrow::Borrow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::sip::dialplan::DialPlan;
+use crate::sip::digest::Algorithm;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SipTransport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl SipTransport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SipTransport::Udp => "udp",
+            SipTransport::Tcp => "tcp",
+            SipTransport::Tls => "tls",
+        }
+    }
+}
+
+/// A trunk's configured name (`[sip.trunks.NAME]`): what trunk state, timers, transactions and
+/// forks are keyed by, so a reconfigure that adds or removes other trunks cannot shift them.
+/// Cheap to clone (shared text).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TrunkId(Arc<str>);
+
+impl TrunkId {
+    pub fn new(name: &str) -> TrunkId {
+        TrunkId(Arc::from(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for TrunkId {
+    fn from(name: &str) -> TrunkId {
+        TrunkId::new(name)
+    }
+}
+
+impl Borrow<str> for TrunkId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TrunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SipConfig {
+    pub listen: Vec<SipAddr>,
+    pub domain: String,
+    /// Certificate and key for `tls:` listeners (and mutual TLS towards peers).
+    pub tls: Option<CertFiles>,
+    /// How long a digest nonce stays valid.
+    pub nonce_lifetime: Duration,
+    /// Digest algorithms offered in challenges, most preferred first; credentials using
+    /// another are refused.
+    pub digest_algorithms: Vec<Algorithm>,
+    /// By extension number.
+    pub extensions: BTreeMap<String, SipExtension>,
+    /// By trunk name.
+    pub trunks: BTreeMap<TrunkId, SipTrunk>,
+    pub voicemail: Option<SipVoicemail>,
+    pub dialplan: DialPlan,
+}
+
+/// PEM files of the SIP TLS certificate chain and its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `transport:IP:port`, e.g. `tcp:198.18.2.20:5060` or `tls:[2001:db8::1]:5061`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SipAddr {
+    pub transport: SipTransport,
+    pub addr: SocketAddr,
+}
+
+impl fmt::Display for SipAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.transport.as_str(), self.addr)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipExtension {
+    /// Display name; the extension number when not given.
+    pub name: String,
+    pub secret: String,
+    pub voicemail: bool,
+    /// How long the extension rings before `forward.no_answer` (or the caller gives up).
+    pub ring_time: Duration,
+    pub forward: Forward,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Forward {
+    pub always: Option<ForwardTo>,
+    pub busy: Option<ForwardTo>,
+    pub no_answer: Option<ForwardTo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardTo {
+    /// An extension or a number the dial plan routes.
+    Number(String),
+    /// The extension's own mailbox (needs `voicemail = true` and `[sip.voicemail]`).
+    Voicemail,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    /// P-Asserted-Identity (what Exchange UM expects).
+    Pai,
+    /// Remote-Party-ID (what many ISPs expect).
+    Rpid,
+    None,
+}
+
+impl Identity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Identity::Pai => "pai",
+            Identity::Rpid => "rpid",
+            Identity::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipTrunk {
+    pub kind: TrunkKind,
+    /// How the caller identity is sent on calls out of this trunk.
+    pub identity: Identity,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrunkKind {
+    /// Addressed (and, if trusted, authenticated) by IP; never registers.
+    Peer {
+        address: SipAddr,
+        /// Accept INVITE / NOTIFY from this address without digest authentication.
+        trusted: bool,
+        /// OPTIONS every this long; down after 3 unanswered. None: no pings.
+        options_ping: Option<Duration>,
+    },
+    /// We REGISTER to it with digest authentication, refreshed before expiry.
+    Register {
+        registrar: SipAddr,
+        domain: String,
+        username: String,
+        secret: String,
+        expires: Duration,
+        /// The extension calls arriving on this trunk ring; None: the called number is
+        /// looked up among the extensions.
+        inbound: Option<String>,
+    },
+}
+
+impl TrunkKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TrunkKind::Peer { .. } => "peer",
+            TrunkKind::Register { .. } => "register",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipVoicemail {
+    /// The trunk towards the voicemail system (Exchange UM).
+    pub trunk: TrunkId,
+    /// The pilot number calls to a mailbox are sent to.
+    pub pilot: String,
+    /// Put in front of the extension to make the mailbox number (Asterisk's UMOUTDIALPREFIX).
+    pub mailbox_prefix: String,
+    /// An extension dialling its own number reaches its mailbox.
+    pub own_extension_to_mailbox: bool,
+    /// Accept unsolicited message-waiting NOTIFYs from the voicemail trunk.
+    pub mwi: bool,
+}
