@@ -1203,3 +1203,74 @@ fn sigterm_lets_a_call_run_until_the_drain_timeout_then_hangs_up_both_legs() {
         "the call's log line: `sip call ... outcome=answered end_reason=drain`",
     );
 }
+
+#[test]
+fn a_reload_changes_extensions_without_dropping_the_call_or_other_registrations() {
+    let dave = "2004 = { name = \"Dave\", secret = \"s3cret-2004\" }";
+    let plan = [("2XXX", "extension", 0)];
+    let mut t = SipTest::start(&pbx_config("", &[ALICE, BOB, CAROL], "", &plan));
+    t.register("2002", "s3cret-2002", PHONE2, 5070);
+    t.register("2003", "s3cret-2003", PHONE3, 5070);
+    t.wait_metric("portier_sip_registrations", &[], 2.0, S(5));
+    let mut callee = t.phone_uas("uas.xml", "2002", PHONE2, 5070, 1, S(30));
+    // call.xml holds the call for -d ms before the caller's BYE.
+    let target = format!("{PBX}:5060");
+    let auth_uri = format!("2002@{DOMAIN}");
+    let mut caller = t.sipp(
+        &t.lab.phones,
+        "long-call-2001-to-2002",
+        &[
+            "-sf",
+            &scenario("call.xml"),
+            &target,
+            "-i",
+            PHONE1,
+            "-p",
+            "5070",
+            "-s",
+            "2001",
+            "-au",
+            "2001",
+            "-ap",
+            "s3cret-2001",
+            "-auth_uri",
+            &auth_uri,
+            "-set",
+            "domain",
+            DOMAIN,
+            "-set",
+            "callee",
+            "2002",
+            "-m",
+            "1",
+            "-l",
+            "1",
+            "-d",
+            "6000",
+        ],
+        S(30),
+    );
+    t.wait_metric("portier_sip_calls_active", &[], 1.0, S(10));
+
+    // Carol leaves, Dave arrives, Alice gets a new secret: one reload while the call is up.
+    let alice = ALICE.replace("s3cret-2001", "n3w-2001-secret");
+    t.portier.write_config(&pbx_config("", &[&alice, BOB, dave], "", &plan)).unwrap();
+    let (code, out) =
+        t.portier.reload(common::exe()).unwrap_or_else(|e| t.fail(&format!("portier reload: {e}")));
+    t.check(code == 0, &format!("reload exit {code}: {out}"));
+    t.check(
+        out.contains("sip:") && out.contains("+2004") && out.contains("-2003") && out.contains("~2001"),
+        &format!("the reload names the extensions: {out}"),
+    );
+    t.wait_metric("portier_sip_registrations", &[], 1.0, S(5));
+    t.check(t.metrics().contains("portier_sip_calls_active 1"), "the call is still up after the reload");
+
+    // The call ends as its phones want it to, across the reload.
+    let (cc, ce) = (caller.wait(), callee.wait());
+    t.check(cc == 0 && ce == 0, &format!("caller sipp exited {cc}, callee sipp exited {ce} (want 0, 0)"));
+    t.wait_metric("portier_sip_calls_total", &["outcome=\"answered\""], 1.0, S(5));
+    // The new extension registers with its secret; Bob's binding was never touched.
+    t.register("2004", "s3cret-2004", PHONE3, 5072);
+    t.wait_metric("portier_sip_registrations", &[], 2.0, S(5));
+    t.check(t.portier.get("/status").unwrap_or_default().contains("2002"), "Bob is still registered");
+}
