@@ -1208,7 +1208,7 @@ fn sigterm_lets_a_call_run_until_the_drain_timeout_then_hangs_up_both_legs() {
 fn a_reload_changes_extensions_without_dropping_the_call_or_other_registrations() {
     let dave = "2004 = { name = \"Dave\", secret = \"s3cret-2004\" }";
     let plan = [("2XXX", "extension", 0)];
-    let mut t = SipTest::start(&pbx_config("", &[ALICE, BOB, CAROL], "", &plan));
+    let t = SipTest::start(&pbx_config("", &[ALICE, BOB, CAROL], "", &plan));
     t.register("2002", "s3cret-2002", PHONE2, 5070);
     t.register("2003", "s3cret-2003", PHONE3, 5070);
     t.wait_metric("portier_sip_registrations", &[], 2.0, S(5));

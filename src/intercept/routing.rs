@@ -24,13 +24,7 @@ pub fn families_in_use(config: &Config) -> Vec<&'static str> {
 /// Existing copies are removed first, so a restart after a crash never duplicates them.
 pub fn install(i: &InterceptConfig, families: &[&str]) -> Result<(), InterceptError> {
     remove_rules(i);
-    let mark = format!("{:#x}", i.fwmark);
-    let table = i.route_table.to_string();
-    for (fam, prefix) in FAMILIES.iter().copied().filter(|(f, _)| families.contains(f)) {
-        run("ip", &[fam, "rule", "add", "fwmark", &mark, "lookup", &table], None)?;
-        run("ip", &[fam, "route", "replace", "local", prefix, "dev", "lo", "table", &table], None)?;
-    }
-    Ok(())
+    add(i, families)
 }
 
 /// Adds the rule and route of families a reload brings in (the first IPv6 VIP), leaving
