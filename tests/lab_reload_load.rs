@@ -1,8 +1,10 @@
 //! Lab test: 20 reloads during 30 s of load. wrk on an HTTP service, h2load on an HTTPS
 //! service and an iperf3 stream on an L4 service run through a real portier while the file
 //! changes weights, adds and removes servers, adds and removes a service, changes a check and
-//! renews the certificate, through SIGHUP, `portier reload` and `POST /api/reload` in turn.
-//! Nothing may fail: no socket error, no non-2xx answer, the stream unbroken.
+//! renews the certificate, through SIGHUP, `portier reload` and `POST /api/reload` in turn,
+//! while a SIP call is up between two registered phones and a third phone is registered (and
+//! an extension comes and goes). Nothing may fail: no socket error, no non-2xx answer, the
+//! stream unbroken, the call up until its caller hangs up, the registrations kept.
 
 mod common;
 
@@ -10,11 +12,19 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::nginx::{start, L7};
+use common::sip::{scenario, Sipp, SippRuns};
 use common::*;
 use portier::lab::LabSpec;
 
 const RUN: Duration = Duration::from_secs(30);
 const RELOADS: usize = 20;
+/// The caller holds the call this long after the answer: past the last reload.
+const CALL_HOLD_MS: &str = "30000";
+const DOMAIN: &str = "pbx.example.test";
+/// The phones live in the client namespace (its extra addresses): Alice calls, Bob answers,
+/// Carol is registered only.
+const ALICE: usize = 2;
+const BOB: usize = 3;
 
 /// The configuration of reload number `i` (0 = the start).
 fn config(i: usize) -> String {
@@ -22,6 +32,7 @@ fn config(i: usize) -> String {
     let third = if i % 4 == 1 || i % 4 == 2 { ", { address = \"198.18.2.13:80\" }" } else { "" };
     let third_tls = if i % 4 == 2 { ", { address = \"198.18.2.13:443\" }" } else { "" };
     let interval = if i % 2 == 0 { "1s" } else { "700ms" };
+    let dave = if i % 4 == 3 { "2004 = { name = \"Dave\", secret = \"s3cret-2004\" }" } else { "" };
     let extra = if i % 5 == 3 {
         "[services.extra]\nvip = \"198.19.0.10\"\nports = [8081]\nmode = \"http\"\npool = \"web\"\n"
     } else {
@@ -62,6 +73,21 @@ access_log = "off"
 vip = "198.19.0.10"
 ports = [5201]
 pool = "stream"
+
+[sip]
+listen = ["udp:198.18.1.1:5060"]
+domain = "{DOMAIN}"
+
+[sip.extensions]
+2001 = {{ name = "Alice", secret = "s3cret-2001" }}
+2002 = {{ name = "Bob", secret = "s3cret-2002" }}
+2003 = {{ name = "Carol", secret = "s3cret-2003" }}
+{dave}
+
+[[sip.dialplan]]
+match = "2XXX"
+to = "extension"
+
 {extra}"#
     )
 }
@@ -84,6 +110,98 @@ fn number_after(text: &str, label: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// sipp arguments common to every phone: scenario, local address and port, extension.
+fn phone_args(sc: &str, ip: &str, port: &str, ext: &str) -> Vec<String> {
+    ["-sf", &scenario(sc), "-i", ip, "-p", port, "-s", ext].iter().map(|s| s.to_string()).collect()
+}
+
+fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Registers `ext` from `ip:port` for an hour (register.xml: 401, then 200).
+fn register(runs: &SippRuns, l: &L7, ext: &str, ip: &str, port: &str) {
+    let mut a = phone_args("register.xml", ip, port, ext);
+    let secret = format!("s3cret-{ext}");
+    a.splice(2..2, ["198.18.1.1:5060".to_string()]);
+    for x in [
+        "-au",
+        ext,
+        "-ap",
+        &secret,
+        "-auth_uri",
+        DOMAIN,
+        "-set",
+        "domain",
+        DOMAIN,
+        "-set",
+        "expires",
+        "3600",
+        "-m",
+        "1",
+    ] {
+        a.push(x.to_string());
+    }
+    let mut s = runs.sipp(&l.lab.client, &format!("register-{ext}"), &as_strs(&a), Duration::from_secs(8));
+    let code = s.wait();
+    assert_eq!(code, 0, "register {ext} exited {code}\n{}", runs.reports());
+}
+
+/// Alice calls Bob and holds the call for [`CALL_HOLD_MS`]; returns (caller, callee).
+fn long_call(runs: &SippRuns, l: &L7) -> (Sipp, Sipp) {
+    let (alice, bob) = (c4(ALICE).to_string(), c4(BOB).to_string());
+    let limit = Duration::from_secs(90);
+    let mut a = phone_args("uas.xml", &bob, "5070", "2002");
+    a.extend(["-m".to_string(), "1".to_string()]);
+    let callee = runs.sipp(&l.lab.client, "uas-2002", &as_strs(&a), limit);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut a = phone_args("call.xml", &alice, "5070", "2001");
+    a.splice(2..2, ["198.18.1.1:5060".to_string()]);
+    let auth_uri = format!("2002@{DOMAIN}");
+    for x in [
+        "-au",
+        "2001",
+        "-ap",
+        "s3cret-2001",
+        "-auth_uri",
+        &auth_uri,
+        "-set",
+        "domain",
+        DOMAIN,
+        "-set",
+        "callee",
+        "2002",
+        "-m",
+        "1",
+        "-l",
+        "1",
+        "-d",
+        CALL_HOLD_MS,
+    ] {
+        a.push(x.to_string());
+    }
+    let caller = runs.sipp(&l.lab.client, "call-2001-to-2002", &as_strs(&a), limit);
+    (caller, callee)
+}
+
+fn metric_of(l: &L7, name: &str, filters: &[&str]) -> f64 {
+    metric(&l.portier.get("/metrics").unwrap_or_default(), name, filters)
+}
+
+fn wait_metric(l: &L7, runs: &SippRuns, name: &str, want: f64, limit: Duration) {
+    let t0 = Instant::now();
+    while metric_of(l, name, &[]) != want {
+        assert!(
+            t0.elapsed() < limit,
+            "{name} is {} after {limit:?}, want {want}\n{}\n{}",
+            metric_of(l, name, &[]),
+            l.portier.log_tail(),
+            runs.reports()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn renew_certificate(l: &L7, i: usize) {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut p = rcgen::CertificateParams::new(vec!["mail.example.test".to_string()]).unwrap();
@@ -99,7 +217,14 @@ fn renew_certificate(l: &L7, i: usize) {
 
 #[test]
 fn twenty_reloads_under_load_drop_nothing() {
-    let l = start(LabSpec { backends: 3, extra_clients: 1 }, &[], &config(0));
+    let l = start(LabSpec { backends: 3, extra_clients: 3 }, &[], &config(0));
+    let runs = SippRuns::new();
+    register(&runs, &l, "2002", &c4(BOB).to_string(), "5070");
+    register(&runs, &l, "2003", &c4(ALICE).to_string(), "5072");
+    wait_metric(&l, &runs, "portier_sip_registrations", 2.0, Duration::from_secs(5));
+    let (mut caller, mut callee) = long_call(&runs, &l);
+    wait_metric(&l, &runs, "portier_sip_calls_active", 1.0, Duration::from_secs(10));
+
     let iperf_server: Vec<Child> = l.lab.backends[..1]
         .iter()
         .map(|ns| spawn(ns.command("iperf3").args(["-s", "-1", "-p", "5201"])))
@@ -175,6 +300,15 @@ fn twenty_reloads_under_load_drop_nothing() {
         }
     }
     assert_eq!(applied, RELOADS);
+    // The call and both registrations outlived every reload.
+    let active = metric_of(&l, "portier_sip_calls_active", &[]);
+    let registered = metric_of(&l, "portier_sip_registrations", &[]);
+    assert!(
+        active == 1.0 && registered == 2.0,
+        "after the reloads: {active} calls up (want 1), {registered} registrations (want 2)\n{}\n{}",
+        l.portier.log_tail(),
+        runs.reports()
+    );
 
     let wrk = finish("wrk", wrk);
     let h2 = finish("h2load", h2load);
@@ -200,6 +334,12 @@ fn twenty_reloads_under_load_drop_nothing() {
         "h2load:\n{h2}"
     );
     assert!(iperf.contains("iperf Done"), "iperf3 did not finish cleanly:\n{iperf}");
+
+    // The call ended when its caller hung up, answered, both sides content.
+    let (cc, ce) = (caller.wait(), callee.wait());
+    assert!(cc == 0 && ce == 0, "caller sipp exited {cc}, callee {ce} (want 0, 0)\n{}", runs.reports());
+    let answered = metric_of(&l, "portier_sip_calls_total", &["outcome=\"answered\""]);
+    assert_eq!(answered, 1.0, "one answered call in the metrics\n{}", l.portier.log_tail());
 
     // The renewed certificate serves new handshakes.
     let out = l.curl(c4(0), &["-v", "-k", "https://mail.example.test/"]);

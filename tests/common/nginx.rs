@@ -75,6 +75,9 @@ impl Certs {
 }
 
 /// nginx (master + one worker) in a backend namespace, killed on drop.
+/// Size of every backend's `/slow` body (starts with `backend=NAME\n`), sent at 10 kB/s.
+pub const SLOW_BYTES: usize = 300_000;
+
 pub struct Nginx {
     child: Option<Child>,
     pub name: String,
@@ -135,10 +138,18 @@ http {{
             proxy_set_header X-Length $content_length;
         }}
         location = /uploaded {{ return 200 "backend={name} uploaded=$http_x_length\n"; }}
+        # A long download: SLOW_BYTES at 10 kB/s, about 30 s.
+        location = /slow {{
+            alias {d}/slow.bin;
+            limit_rate 10k;
+        }}
     }}
 }}
 "#
         );
+        let mut slow = format!("backend={name}\n").into_bytes();
+        slow.resize(SLOW_BYTES, b'.');
+        std::fs::write(dir.path().join("slow.bin"), slow)?;
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf)?;
         let stderr = std::fs::File::create(dir.path().join("stderr.log"))?;

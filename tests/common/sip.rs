@@ -322,8 +322,38 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 pub struct SipTest {
     pub portier: PortierProcess,
     pub lab: SipLab,
+    runs: SippRuns,
+}
+
+/// The sipp runs of one test: each gets its own trace directory under one temporary directory,
+/// and every run's report goes into a failure message.
+pub struct SippRuns {
     logs: tempfile::TempDir,
     runs: RefCell<Vec<(String, PathBuf)>>,
+}
+
+impl SippRuns {
+    pub fn new() -> SippRuns {
+        let logs = tempfile::Builder::new().prefix("portier-lab-sip-").tempdir().expect("tempdir");
+        SippRuns { logs, runs: RefCell::new(Vec::new()) }
+    }
+
+    /// Starts sipp in `ns` with `args` plus tracing into a fresh directory. `timeout` becomes
+    /// sipp's `-timeout` (with `-timeout_error`); the wall-clock kill is 5 s later.
+    pub fn sipp(&self, ns: &Netns, label: &str, args: &[&str], timeout: Duration) -> Sipp {
+        spawn_sipp(self.logs.path(), &self.runs, ns, label, args, timeout)
+    }
+
+    /// Every run's errors, log and message trace end.
+    pub fn reports(&self) -> String {
+        self.runs.borrow().iter().map(|(l, d)| report_dir(l, d)).collect()
+    }
+}
+
+impl Default for SippRuns {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl SipTest {
@@ -341,26 +371,21 @@ impl SipTest {
     ) -> (SipTest, Vec<Sipp>) {
         check_tools();
         let lab = SipLab::build();
-        let logs = tempfile::Builder::new().prefix("portier-lab-sip-").tempdir().expect("tempdir");
-        let runs = RefCell::new(Vec::new());
-        let spawn = |ns: &Netns, label: &str, args: &[&str], timeout: Duration| {
-            spawn_sipp(logs.path(), &runs, ns, label, args, timeout)
-        };
+        let runs = SippRuns::new();
+        let spawn =
+            |ns: &Netns, label: &str, args: &[&str], timeout: Duration| runs.sipp(ns, label, args, timeout);
         let early = before(&lab, &spawn);
         let portier = match PortierProcess::start(&lab.pbx, exe(), config, ADMIN) {
             Ok(p) => p,
-            Err(e) => {
-                let reports: String = runs.borrow().iter().map(|(l, d)| report_dir(l, d)).collect();
-                panic!("portier did not start: {e}\nconfig:\n{config}\n{reports}");
-            }
+            Err(e) => panic!("portier did not start: {e}\nconfig:\n{config}\n{}", runs.reports()),
         };
-        (SipTest { portier, lab, logs, runs }, early)
+        (SipTest { portier, lab, runs }, early)
     }
 
     /// Starts sipp in `ns` with `args` plus tracing into a fresh directory. `timeout` becomes
     /// sipp's `-timeout` (with `-timeout_error`); the wall-clock kill is 5 s later.
     pub fn sipp(&self, ns: &Netns, label: &str, args: &[&str], timeout: Duration) -> Sipp {
-        spawn_sipp(self.logs.path(), &self.runs, ns, label, args, timeout)
+        self.runs.sipp(ns, label, args, timeout)
     }
 
     /// Runs sipp to completion and fails the test unless it exits 0 (every call succeeded).
@@ -579,7 +604,7 @@ impl SipTest {
 
     /// Panics with `msg`, the portier log tail and every sipp run's report.
     pub fn fail(&self, msg: &str) -> ! {
-        let reports: String = self.runs.borrow().iter().map(|(l, d)| report_dir(l, d)).collect();
+        let reports = self.runs.reports();
         let log = self.portier.log();
         let lines: Vec<&str> = log.lines().collect();
         let tail = lines[lines.len().saturating_sub(80)..].join("\n");
