@@ -15,3 +15,4 @@ pub mod proxy;
 pub mod runtime;
 pub mod sip;
 pub mod state;
+pub mod tls;

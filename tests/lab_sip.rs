@@ -1045,7 +1045,8 @@ fn tls_phone_registers_and_is_called_on_its_own_connection() {
         .unwrap_or_else(|e| t.fail(&format!("TCP connect to the TLS listener: {e}")));
     tcp.set_read_timeout(Some(S(10))).unwrap();
     let local = tcp.local_addr().unwrap();
-    let config = portier::proxy::tls::client_config(&Default::default()).unwrap();
+    // The phone offers HTTP's ALPN values: a SIP listener must not pick one.
+    let config = portier::tls::client_config(&Default::default(), portier::tls::ALPN_HTTP_SERVER).unwrap();
     let server = rustls::pki_types::ServerName::IpAddress(PBX.parse::<std::net::IpAddr>().unwrap().into());
     let conn = rustls::ClientConnection::new(Arc::clone(&config), server).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);
@@ -1073,6 +1074,7 @@ fn tls_phone_registers_and_is_called_on_its_own_connection() {
         )
     };
     tls.write_all(register(1, "").as_bytes()).unwrap();
+    t.check(tls.conn.alpn_protocol().is_none(), "the SIP TLS listener negotiated an ALPN protocol");
     let challenge = expect_msg(next(&mut tls));
     t.check(challenge.status() == Some(401), &format!("401 over TLS, got {:?}", challenge.status()));
     let www = challenge.get("WWW-Authenticate").unwrap().value_text("x").unwrap().into_owned();

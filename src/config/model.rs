@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::sip::{SipConfig, SipTransport};
+pub use crate::tls::{CertSpec, UpstreamTls};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -82,16 +83,7 @@ pub struct PoolConfig {
     pub servers: Vec<ServerConfig>,
     pub check: Option<CheckConfig>,
     /// Re-encrypt to the servers (HTTPS services): TLS towards every server of the pool.
-    pub tls: Option<PoolTls>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolTls {
-    /// Verify the servers' certificates against `ca`; false is for labs and self-signed estates.
-    pub verify: bool,
-    pub ca: Option<PathBuf>,
-    /// Name sent as SNI and verified; default: none (the server's IP).
-    pub sni: Option<String>,
+    pub tls: Option<UpstreamTls>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,12 +216,6 @@ impl Mode {
     pub fn is_http(self) -> bool {
         matches!(self, Mode::Http | Mode::Https)
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertSpec {
-    pub cert: PathBuf,
-    pub key: PathBuf,
 }
 
 /// A routing rule inside a service: first match wins, else the service's pool.

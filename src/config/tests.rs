@@ -286,7 +286,7 @@ fn the_l7_contract_loads_exactly_as_written() {
     let c = parse_str(L7_CONTRACT).expect("L7 contract must load");
     let web = &c.pools[0];
     assert_eq!(web.name, "cas-web");
-    assert_eq!(web.tls, Some(PoolTls { verify: false, ca: None, sni: None }));
+    assert_eq!(web.tls, Some(UpstreamTls { verify: false, ca: None, sni: None }));
     assert_eq!(
         web.check.as_ref().unwrap().kind,
         CheckKind::Https { path: "/healthz".into(), expect: 200, host: None, sni: None }

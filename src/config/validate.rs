@@ -259,7 +259,7 @@ pub fn validate(file: &FileConfig, path: &Path, src: &str) -> Result<Config, Con
                     "verify = true needs `ca` (a PEM file of the CAs that signed the servers' certificates); verify = false skips the check",
                 );
             }
-            PoolTls {
+            UpstreamTls {
                 verify,
                 ca: t.ca.as_ref().map(|a| std::path::PathBuf::from(a.get_ref())),
                 sni: t.sni.as_ref().map(|n| n.get_ref().clone()),

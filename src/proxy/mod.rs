@@ -7,7 +7,6 @@ pub mod retry;
 pub mod sni;
 pub mod splice;
 pub mod tcp;
-pub mod tls;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -44,8 +44,8 @@ pub use framer::{Frame, FrameError, StreamFramer};
 pub use headers::{canonical_name, split_list, CSeq, ContactList, MediaType, NameAddr, Param, Params, Via};
 pub use message::{Header, Message, StartLine};
 pub use model::{
-    CertFiles, Forward, ForwardTo, Identity, SipAddr, SipConfig, SipExtension, SipTransport, SipTrunk,
-    SipVoicemail, TrunkId, TrunkKind,
+    Forward, ForwardTo, Identity, SipAddr, SipConfig, SipExtension, SipTransport, SipTrunk, SipVoicemail,
+    TrunkId, TrunkKind,
 };
 pub use parse::{parse_datagram, parse_datagram_with, parse_message, Limits};
 pub use service::{SipError, SipHandle};

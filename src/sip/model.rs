@@ -6,12 +6,12 @@ use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::sip::dialplan::DialPlan;
 use crate::sip::digest::Algorithm;
+use crate::tls::CertSpec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SipTransport {
@@ -69,7 +69,7 @@ pub struct SipConfig {
     pub listen: Vec<SipAddr>,
     pub domain: String,
     /// Certificate and key for `tls:` listeners (and mutual TLS towards peers).
-    pub tls: Option<CertFiles>,
+    pub tls: Option<CertSpec>,
     /// How long a digest nonce stays valid.
     pub nonce_lifetime: Duration,
     /// Digest algorithms offered in challenges, most preferred first; credentials using
@@ -81,13 +81,6 @@ pub struct SipConfig {
     pub trunks: BTreeMap<TrunkId, SipTrunk>,
     pub voicemail: Option<SipVoicemail>,
     pub dialplan: DialPlan,
-}
-
-/// PEM files of the SIP TLS certificate chain and its key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
 }
 
 /// `transport:IP:port`, e.g. `tcp:198.18.2.20:5060` or `tls:[2001:db8::1]:5061`.

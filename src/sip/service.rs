@@ -23,10 +23,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::metrics::SipMetrics;
-use crate::proxy::tls::{client_config, CertSpec, CertStore, TlsAcceptorHandle, UpstreamTls};
 use crate::sip::engine::{Dest, Engine, EngineOptions, Now, Outgoing, ReconfigureReport};
 use crate::sip::{Frame, StreamFramer};
 use crate::sip::{SipConfig, SipTransport};
+use crate::tls::{client_config, CertSpec, CertStore, TlsAcceptorHandle, UpstreamTls, NO_ALPN};
 
 /// After the engine has drained (or hung up at the deadline), the task keeps running this long
 /// so the last BYEs and unREGISTERs leave and their first answers or retransmissions happen.
@@ -42,7 +42,7 @@ pub enum SipError {
     #[error("SIP listener {addr}: {source}")]
     Bind { addr: String, source: io::Error },
     #[error("SIP TLS certificate: {0}")]
-    Tls(#[from] crate::proxy::tls::TlsError),
+    Tls(#[from] crate::tls::TlsError),
     #[error("the SIP B2BUA has stopped")]
     Stopped,
 }
@@ -64,14 +64,14 @@ pub fn check_certificates(cfg: &SipConfig) -> Result<(), SipError> {
 }
 
 fn cert_specs(cfg: &SipConfig) -> Vec<CertSpec> {
-    cfg.tls.iter().map(|c| CertSpec { cert: c.cert.clone(), key: c.key.clone() }).collect()
+    cfg.tls.iter().cloned().collect()
 }
 
 /// Binds every `[sip] listen` address and loads the TLS certificate.
 pub async fn bind(cfg: &SipConfig) -> Result<Bound, SipError> {
     let mut b = Bound { udp: Vec::new(), tcp: Vec::new(), acceptor: None };
     if cfg.listen.iter().any(|l| l.transport == SipTransport::Tls) {
-        b.acceptor = Some(Arc::new(TlsAcceptorHandle::load(&cert_specs(cfg))?));
+        b.acceptor = Some(Arc::new(TlsAcceptorHandle::load(&cert_specs(cfg), NO_ALPN)?));
     }
     for l in &cfg.listen {
         let err = |source| SipError::Bind { addr: l.to_string(), source };
@@ -184,7 +184,7 @@ async fn run(
     mut drain: watch::Receiver<Option<std::time::Instant>>,
 ) {
     let (tx, mut rx) = mpsc::channel::<Inbound>(8192);
-    let tls_client = match client_config(&UpstreamTls::default()) {
+    let tls_client = match client_config(&UpstreamTls::default(), NO_ALPN) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("SIP: TLS client configuration: {e}");
@@ -507,7 +507,8 @@ async fn serve_conn<S>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::{CertFiles, SipAddr, SipExtension};
+    use crate::sip::{SipAddr, SipExtension};
+    use crate::tls::CertSpec;
 
     fn config() -> SipConfig {
         let text = "[sip]\nlisten = [\"udp:127.0.0.1:5060\"]\ndomain = \"pbx.example.test\"\n\
@@ -545,7 +546,7 @@ mod tests {
 
         // Unreadable certificate files refuse the whole reconfigure: 2010 is not added.
         let mut bad = with_extension(cfg.clone(), "2010");
-        bad.tls = Some(CertFiles { cert: "/nonexistent/sip.pem".into(), key: "/nonexistent/sip.key".into() });
+        bad.tls = Some(CertSpec { cert: "/nonexistent/sip.pem".into(), key: "/nonexistent/sip.key".into() });
         let e = h.reconfigure(Arc::new(bad)).await.unwrap_err();
         assert!(matches!(e, SipError::Tls(_)) && e.to_string().contains("/nonexistent/sip.pem"), "{e}");
 

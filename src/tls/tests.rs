@@ -1,4 +1,4 @@
-//! Tests for proxy::tls: certificates from rcgen in a tempdir, real loopback handshakes.
+//! Tests for tls: certificates from rcgen in a tempdir, real loopback handshakes.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -15,6 +15,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::*;
+use rustls::pki_types::pem::PemObject;
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -109,12 +110,12 @@ fn presented(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
 
 /// A client that verifies against the test CA (so the name check takes part too).
 fn verifying(pki: &Pki) -> Arc<ClientConfig> {
-    client_config(&UpstreamTls { verify: true, ca: Some(pki.ca_path()), sni: None }).unwrap()
+    client_config(&UpstreamTls { verify: true, ca: Some(pki.ca_path()), sni: None }, ALPN_HTTP1).unwrap()
 }
 
 /// A client that accepts any certificate, to see what is presented when the name won't match.
 fn accept_any() -> Arc<ClientConfig> {
-    client_config(&UpstreamTls::default()).unwrap()
+    client_config(&UpstreamTls::default(), ALPN_HTTP1).unwrap()
 }
 
 async fn echo(stream: &mut TlsStream<TcpStream>, msg: &[u8]) {
@@ -242,7 +243,7 @@ async fn sni_selects_the_named_certificate() {
     let pki = Pki::new();
     let (mail, mail_der) = pki.issue("mail", &["mail.example.test"]);
     let (lync, lync_der) = pki.issue("lync", &["lync.example.test", "lyncdiscover.example.test"]);
-    let handle = TlsAcceptorHandle::load(&[mail, lync]).unwrap();
+    let handle = TlsAcceptorHandle::load(&[mail, lync], ALPN_HTTP_SERVER).unwrap();
     let addr = serve(handle.acceptor()).await;
 
     let s = connect(addr, verifying(&pki), dns("mail.example.test")).await.unwrap();
@@ -262,7 +263,7 @@ async fn no_sni_or_unknown_name_gets_the_first() {
     let pki = Pki::new();
     let (mail, mail_der) = pki.issue("mail", &["mail.example.test"]);
     let (lync, _) = pki.issue("lync", &["lync.example.test"]);
-    let addr = serve(TlsAcceptorHandle::load(&[mail, lync]).unwrap().acceptor()).await;
+    let addr = serve(TlsAcceptorHandle::load(&[mail, lync], ALPN_HTTP_SERVER).unwrap().acceptor()).await;
 
     // An IP address as the server name: rustls sends no SNI.
     let s = connect(addr, accept_any(), ServerName::IpAddress(LOCALHOST.into())).await.unwrap();
@@ -276,7 +277,7 @@ async fn wildcard_matches_one_label_deep_after_exact_names() {
     let pki = Pki::new();
     let (mail, mail_der) = pki.issue("mail", &["mail.example.test"]);
     let (wild, wild_der) = pki.issue("wild", &["*.example.test"]);
-    let addr = serve(TlsAcceptorHandle::load(&[mail, wild]).unwrap().acceptor()).await;
+    let addr = serve(TlsAcceptorHandle::load(&[mail, wild], ALPN_HTTP_SERVER).unwrap().acceptor()).await;
 
     let s = connect(addr, verifying(&pki), dns("a.example.test")).await.unwrap();
     assert_eq!(presented(&s), wild_der);
@@ -296,7 +297,7 @@ async fn wildcard_matches_one_label_deep_after_exact_names() {
 async fn server_offers_h2_then_http11() {
     let pki = Pki::new();
     let (mail, _) = pki.issue("mail", &["mail.example.test"]);
-    let handle = TlsAcceptorHandle::load(&[mail]).unwrap();
+    let handle = TlsAcceptorHandle::load(&[mail], ALPN_HTTP_SERVER).unwrap();
     assert_eq!(handle.server_config().alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
     let addr = serve(handle.acceptor()).await;
 
@@ -310,10 +311,26 @@ async fn server_offers_h2_then_http11() {
 }
 
 #[tokio::test]
+async fn a_listener_without_alpn_picks_none_and_a_client_without_alpn_offers_none() {
+    let pki = Pki::new();
+    let (pbx, _) = pki.issue("pbx", &["pbx.example.test"]);
+    let handle = TlsAcceptorHandle::load(&[pbx], NO_ALPN).unwrap();
+    assert!(handle.server_config().alpn_protocols.is_empty());
+    let addr = serve(handle.acceptor()).await;
+    // A client offering HTTP's values still gets a session, with no protocol chosen.
+    let mut http = (*verifying(&pki)).clone();
+    http.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let s = connect(addr, Arc::new(http), dns("pbx.example.test")).await.unwrap();
+    assert_eq!(s.get_ref().1.alpn_protocol(), None);
+    let u = UpstreamTls { verify: true, ca: Some(pki.ca_path()), sni: None };
+    assert!(client_config(&u, NO_ALPN).unwrap().alpn_protocols.is_empty());
+}
+
+#[tokio::test]
 async fn tls12_and_tls13_clients_are_served() {
     let pki = Pki::new();
     let (mail, mail_der) = pki.issue("mail", &["mail.example.test"]);
-    let addr = serve(TlsAcceptorHandle::load(&[mail]).unwrap().acceptor()).await;
+    let addr = serve(TlsAcceptorHandle::load(&[mail], ALPN_HTTP_SERVER).unwrap().acceptor()).await;
     for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(pki.ca.der().clone()).unwrap();
@@ -336,7 +353,7 @@ async fn reload_swaps_for_new_handshakes_and_keeps_established_ones() {
     let pki = Pki::new();
     let (old, old_der) = pki.issue("mail-2024", &["mail.example.test"]);
     let (new, new_der) = pki.issue("mail-2025", &["mail.example.test"]);
-    let handle = TlsAcceptorHandle::load(&[old]).unwrap();
+    let handle = TlsAcceptorHandle::load(&[old], ALPN_HTTP_SERVER).unwrap();
     let config = handle.server_config();
     // The listener took its acceptor once, before the reload.
     let addr = serve(handle.acceptor()).await;
@@ -359,7 +376,7 @@ async fn failed_reload_keeps_the_running_certificates() {
     let pki = Pki::new();
     let (mail, mail_der) = pki.issue("mail", &["mail.example.test"]);
     let (lync, _) = pki.issue("lync", &["lync.example.test"]);
-    let handle = TlsAcceptorHandle::load(std::slice::from_ref(&mail)).unwrap();
+    let handle = TlsAcceptorHandle::load(std::slice::from_ref(&mail), ALPN_HTTP_SERVER).unwrap();
     let addr = serve(handle.acceptor()).await;
 
     let missing = CertSpec { cert: pki.path("gone.crt"), key: pki.path("gone.key") };
@@ -382,7 +399,7 @@ async fn failed_reload_keeps_the_running_certificates() {
 /// A server for "app.example.test" and 127.0.0.1, issued by `pki`.
 async fn app_server(pki: &Pki) -> SocketAddr {
     let (app, _) = pki.issue("app", &["app.example.test", "127.0.0.1"]);
-    serve(TlsAcceptorHandle::load(&[app]).unwrap().acceptor()).await
+    serve(TlsAcceptorHandle::load(&[app], ALPN_HTTP_SERVER).unwrap().acceptor()).await
 }
 
 #[tokio::test]
@@ -391,14 +408,14 @@ async fn verify_with_the_right_ca_succeeds_by_name_and_by_ip() {
     let addr = app_server(&pki).await;
 
     let by_name = UpstreamTls { verify: true, ca: Some(pki.ca_path()), sni: Some("app.example.test".into()) };
-    let config = client_config(&by_name).unwrap();
+    let config = client_config(&by_name, ALPN_HTTP1).unwrap();
     assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
     let mut s = connect(addr, config, server_name(&by_name, addr.ip())).await.unwrap();
     assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     echo(&mut s, b"GET / HTTP/1.1\r\n\r\n").await;
 
     let by_ip = UpstreamTls { sni: None, ..by_name };
-    let s = connect(addr, client_config(&by_ip).unwrap(), server_name(&by_ip, addr.ip())).await;
+    let s = connect(addr, client_config(&by_ip, ALPN_HTTP1).unwrap(), server_name(&by_ip, addr.ip())).await;
     s.unwrap();
 }
 
@@ -409,13 +426,15 @@ async fn verify_with_a_wrong_ca_is_a_certificate_error() {
     let addr = app_server(&pki).await;
 
     let u = UpstreamTls { verify: true, ca: Some(other.ca_path()), sni: Some("app.example.test".into()) };
-    let err = connect(addr, client_config(&u).unwrap(), server_name(&u, addr.ip())).await.unwrap_err();
+    let err =
+        connect(addr, client_config(&u, ALPN_HTTP1).unwrap(), server_name(&u, addr.ip())).await.unwrap_err();
     let inner = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
     assert!(matches!(inner, Some(rustls::Error::InvalidCertificate(_))), "{err:?}");
 
     // The right CA but a name the certificate does not cover is a certificate error too.
     let u = UpstreamTls { verify: true, ca: Some(pki.ca_path()), sni: Some("other.example.test".into()) };
-    let err = connect(addr, client_config(&u).unwrap(), server_name(&u, addr.ip())).await.unwrap_err();
+    let err =
+        connect(addr, client_config(&u, ALPN_HTTP1).unwrap(), server_name(&u, addr.ip())).await.unwrap_err();
     let inner = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
     assert!(matches!(inner, Some(rustls::Error::InvalidCertificate(_))), "{err:?}");
 }
@@ -427,17 +446,18 @@ async fn no_verify_accepts_a_self_signed_server() {
     let spec = CertSpec { cert: dir.path().join("self.crt"), key: dir.path().join("self.key") };
     std::fs::write(&spec.cert, certified.cert.pem()).unwrap();
     std::fs::write(&spec.key, certified.key_pair.serialize_pem()).unwrap();
-    let addr = serve(TlsAcceptorHandle::load(&[spec]).unwrap().acceptor()).await;
+    let addr = serve(TlsAcceptorHandle::load(&[spec], ALPN_HTTP_SERVER).unwrap().acceptor()).await;
 
     let u = UpstreamTls { verify: false, ca: None, sni: None };
-    let mut s = connect(addr, client_config(&u).unwrap(), server_name(&u, addr.ip())).await.unwrap();
+    let mut s =
+        connect(addr, client_config(&u, ALPN_HTTP1).unwrap(), server_name(&u, addr.ip())).await.unwrap();
     assert_eq!(presented(&s), *certified.cert.der());
     echo(&mut s, b"ping").await;
 }
 
 #[test]
 fn verify_without_ca_is_refused() {
-    let err = client_config(&UpstreamTls { verify: true, ca: None, sni: None }).unwrap_err();
+    let err = client_config(&UpstreamTls { verify: true, ca: None, sni: None }, ALPN_HTTP1).unwrap_err();
     assert!(matches!(err, TlsError::CaRequired), "{err:?}");
     assert!(err.to_string().contains("verify = true needs a `ca` file"), "{err}");
 }
@@ -446,17 +466,20 @@ fn verify_without_ca_is_refused() {
 fn unreadable_or_empty_ca_file_is_named() {
     let pki = Pki::new();
     let missing = pki.path("missing-ca.pem");
-    let err = client_config(&UpstreamTls { verify: true, ca: Some(missing.clone()), sni: None }).unwrap_err();
+    let err = client_config(&UpstreamTls { verify: true, ca: Some(missing.clone()), sni: None }, ALPN_HTTP1)
+        .unwrap_err();
     assert!(err.to_string().starts_with(&format!("cannot read {}", missing.display())), "{err}");
     let empty = pki.write("empty-ca.pem", "");
-    let err = client_config(&UpstreamTls { verify: true, ca: Some(empty.clone()), sni: None }).unwrap_err();
+    let err = client_config(&UpstreamTls { verify: true, ca: Some(empty.clone()), sni: None }, ALPN_HTTP1)
+        .unwrap_err();
     assert_eq!(err.to_string(), format!("no certificate in {}", empty.display()));
 }
 
 #[test]
 fn invalid_sni_is_refused() {
     let err =
-        client_config(&UpstreamTls { verify: false, ca: None, sni: Some("not a name".into()) }).unwrap_err();
+        client_config(&UpstreamTls { verify: false, ca: None, sni: Some("not a name".into()) }, ALPN_HTTP1)
+            .unwrap_err();
     assert!(matches!(err, TlsError::Sni { .. }), "{err:?}");
 }
 

@@ -1,5 +1,6 @@
 //! The `[sip]` section: what loads, and how malformed sections are refused.
 
+use crate::tls::CertSpec;
 use std::path::Path;
 use std::time::Duration;
 
@@ -7,8 +8,8 @@ use super::*;
 use crate::config::{parse, Config, ConfigErrors};
 use crate::sip::dialplan::Target;
 use crate::sip::{
-    CertFiles, Forward, ForwardTo, Identity, SipAddr, SipConfig, SipExtension, SipTransport, SipTrunk,
-    SipVoicemail, TrunkKind,
+    Forward, ForwardTo, Identity, SipAddr, SipConfig, SipExtension, SipTransport, SipTrunk, SipVoicemail,
+    TrunkKind,
 };
 
 const PBX: &str = include_str!("../../../configs/pbx.toml");
@@ -39,7 +40,7 @@ fn the_contract_loads_exactly_as_written() {
     assert_eq!(s.domain, "pbx.example.test");
     assert_eq!(
         s.tls,
-        Some(CertFiles { cert: "/etc/portier/tls/pbx.pem".into(), key: "/etc/portier/tls/pbx.key".into() })
+        Some(CertSpec { cert: "/etc/portier/tls/pbx.pem".into(), key: "/etc/portier/tls/pbx.key".into() })
     );
     assert_eq!(s.extensions.keys().collect::<Vec<_>>(), ["2000", "2001", "2002"]);
     assert_eq!(

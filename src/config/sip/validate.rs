@@ -2,6 +2,7 @@
 //! parts (dial plan -> trunks, forwards -> extensions, voicemail -> trunk) are checked, every
 //! error reported with its line, and the result is the engine's typed [`SipConfig`].
 
+use crate::tls::CertSpec;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,9 +17,7 @@ use super::{DEFAULT_NONCE_LIFETIME, DEFAULT_REGISTER_EXPIRES};
 use crate::config::validate::{span, Checker};
 use crate::sip::dialplan::is_number;
 use crate::sip::digest::Algorithm;
-use crate::sip::{
-    CertFiles, Identity, SipAddr, SipConfig, SipTransport, SipTrunk, SipVoicemail, TrunkId, TrunkKind,
-};
+use crate::sip::{Identity, SipAddr, SipConfig, SipTransport, SipTrunk, SipVoicemail, TrunkId, TrunkKind};
 
 /// Parses `transport:IP:port`.
 pub fn parse_sip_addr(text: &str) -> Result<SipAddr, String> {
@@ -81,7 +80,7 @@ pub(in crate::config) fn validate_sip(c: &mut Checker<'_>, f: &SipFile) -> SipCo
                 c.err(span(v), format!("sip.tls.{n}"), "must name a PEM file");
             }
         }
-        CertFiles { cert: PathBuf::from(t.cert.get_ref()), key: PathBuf::from(t.key.get_ref()) }
+        CertSpec { cert: PathBuf::from(t.cert.get_ref()), key: PathBuf::from(t.key.get_ref()) }
     });
 
     let nonce_lifetime = c.duration(&f.nonce_lifetime, "sip.nonce_lifetime", DEFAULT_NONCE_LIFETIME);

@@ -44,7 +44,7 @@ pub(super) async fn handshake(
 ///
 /// Session resumption is off so every probe exercises a full handshake, signature included.
 fn client_config() -> Result<Arc<ClientConfig>, ProbeError> {
-    use crate::proxy::tls::AcceptAnyServerCert;
+    use crate::tls::AcceptAnyServerCert;
     static CONFIG: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {

@@ -25,12 +25,12 @@ use tokio::time::Instant;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 
-use super::tls::TlsAcceptorHandle;
 use super::Drain;
 use crate::config::{Config, Mode};
 use crate::metrics::{HttpServiceMetrics, Metrics};
 use crate::net::{ClientAddr, OrigDstAddr};
 use crate::state::Service;
+use crate::tls::{self, TlsAcceptorHandle};
 pub use upstream::{UpstreamPool, UpstreamTlsConfig};
 
 /// Everything the L7 path of one service needs, built once at start.
@@ -51,9 +51,9 @@ pub struct HttpService {
 #[derive(Debug, thiserror::Error)]
 pub enum HttpSetupError {
     #[error("service {service}: certificates: {source}")]
-    Certificates { service: String, source: super::tls::TlsError },
+    Certificates { service: String, source: tls::TlsError },
     #[error("pool {pool}: tls: {source}")]
-    UpstreamTls { pool: String, source: super::tls::TlsError },
+    UpstreamTls { pool: String, source: tls::TlsError },
 }
 
 impl HttpService {
@@ -79,9 +79,7 @@ impl HttpService {
                 (None, _) => None,
                 (Some(_), Some(t)) => Some(t.clone()),
                 (Some(t), None) => {
-                    let u =
-                        super::tls::UpstreamTls { verify: t.verify, ca: t.ca.clone(), sni: t.sni.clone() };
-                    let cfg = super::tls::client_config(&u)
+                    let cfg = tls::client_config(t, tls::ALPN_HTTP1)
                         .map_err(|source| HttpSetupError::UpstreamTls { pool: pool.name.clone(), source })?;
                     if !t.verify {
                         tracing::warn!(pool = %pool.name, "tls verify = false: servers' certificates are not checked");
@@ -97,16 +95,9 @@ impl HttpService {
             targets.push(policy::RouteTarget { tls, counters });
         }
         let acceptor = if svc.config.mode == Mode::Https {
-            let specs: Vec<super::tls::CertSpec> = svc
-                .config
-                .certificates
-                .iter()
-                .map(|c| super::tls::CertSpec { cert: c.cert.clone(), key: c.key.clone() })
-                .collect();
-            Some(TlsAcceptorHandle::load(&specs).map_err(|source| HttpSetupError::Certificates {
-                service: svc.config.name.clone(),
-                source,
-            })?)
+            Some(TlsAcceptorHandle::load(&svc.config.certificates, tls::ALPN_HTTP_SERVER).map_err(
+                |source| HttpSetupError::Certificates { service: svc.config.name.clone(), source },
+            )?)
         } else {
             None
         };
@@ -115,19 +106,10 @@ impl HttpService {
     }
 
     /// Re-reads the certificates (SIGHUP); established connections keep theirs.
-    pub fn reload_certificates(&self) -> Result<(), super::tls::TlsError> {
+    pub fn reload_certificates(&self) -> Result<(), tls::TlsError> {
         match &self.acceptor {
             None => Ok(()),
-            Some(a) => {
-                let specs: Vec<super::tls::CertSpec> = self
-                    .svc
-                    .config
-                    .certificates
-                    .iter()
-                    .map(|c| super::tls::CertSpec { cert: c.cert.clone(), key: c.key.clone() })
-                    .collect();
-                a.reload(&specs)
-            }
+            Some(a) => a.reload(&self.svc.config.certificates),
         }
     }
 }
