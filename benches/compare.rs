@@ -24,6 +24,7 @@
 //! BENCH_THREADS ("1,2"),
 //! BENCH_HOLD (5000), BENCH_DOC (1; 0 = do not write docs/PERFORMANCE.md),
 //! BENCH_SCENARIOS (all; comma list of l4,http,close,https,handshake,memory,sip).
+//! BENCH_PORTIER_EXE (this build; another portier binary for before/after figures).
 //!
 //! The SIP rows (`sip`, module [`sip`] at the end) run after the others in the same lab, with
 //! their own processes: portier's B2BUA against Kamailio 5.6 as a stateful proxy, sipp at both
@@ -342,7 +343,10 @@ fn run(k: &Knobs) -> io::Result<Results> {
     let lab = Lab::build(&LabSpec { backends: 1, extra_clients: EXTRA_CLIENTS })?;
     // The portier and HAProxy processes inherit this (RUST_LOG for portier).
     std::env::set_var("PORTIER_LAB_LOG", "warn");
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_portier"));
+    // BENCH_PORTIER_EXE: another build (e.g. an older commit's) for before/after figures.
+    let exe = std::env::var_os("BENCH_PORTIER_EXE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_portier")));
     let mut res = Results::default();
     if k.web() {
         run_web(k, &lab, tmp.path(), &exe, &mut res)?;

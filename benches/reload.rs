@@ -152,7 +152,7 @@ fn main() {
     );
     println!("| --- | --- | --- | --- |");
     for r in &rows {
-        println!("| {} | {} | {:.1} ms | {:.0} ms |", r.config, r.kind, r.wall_ms, r.inside_ms);
+        println!("| {} | {} | {:.1} ms | {:.2} ms |", r.config, r.kind, r.wall_ms, r.inside_ms);
     }
     println!("\n{rounds} reloads of each kind; `cargo bench --bench reload` as root.");
 }

@@ -97,7 +97,7 @@ impl Running {
                 }
                 tracing::info!(
                     file = %path.display(),
-                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    elapsed_ms = format_args!("{:.2}", started.elapsed().as_secs_f64() * 1000.0),
                     "configuration reloaded: {}",
                     text.trim_end().replace('\n', "; ")
                 );
