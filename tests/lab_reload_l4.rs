@@ -94,6 +94,12 @@ fn servers_and_services_change_live_and_established_connections_stay() {
         }
     }
     assert!(s.portier.log().contains("its server left the configuration"), "{}", s.portier.log_tail());
+    // After the drain time /metrics shows what runs: no series of the removed server or
+    // service, the kept ones still there.
+    let text = s.metrics();
+    assert!(!text.contains("server=\"198.18.2.12\"") && !text.contains("service=\"web\""), "{text}");
+    assert!(text.contains("portier_backend_up{pool=\"cas\",server=\"198.18.2.13\"} 1"), "{text}");
+    promtool_check(&text);
 }
 
 #[test]

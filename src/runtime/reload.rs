@@ -135,8 +135,9 @@ impl Running {
         self.listeners.serve(bound, &state, &serving, &self.drain, &self.stop);
         self.state.store(state.clone());
         let closing = state.commit(Some(&old));
-        if !closing.is_empty() {
+        if !closing.is_empty() || !Removed::between(&old, &state).is_empty() {
             let limit = state.config.global.drain_timeout;
+            let (current, metrics) = (self.state.clone(), self.metrics.clone());
             tokio::spawn(async move {
                 tokio::time::sleep(limit).await;
                 for s in closing {
@@ -145,6 +146,8 @@ impl Running {
                     }
                     s.live.cut();
                 }
+                // Against the state running now: something added back meanwhile keeps its series.
+                forget_removed(&metrics, &old, &current.load());
             });
         }
         self.checkers.reconcile(&state);
@@ -165,5 +168,92 @@ impl Running {
             }
         }
         Ok(plan)
+    }
+}
+
+/// What `old` had that `new` has not, as metric label values.
+#[derive(Debug, Default, PartialEq)]
+struct Removed {
+    services: Vec<String>,
+    /// (pool name, server label).
+    servers: Vec<(String, String)>,
+}
+
+impl Removed {
+    fn between(old: &State, new: &State) -> Removed {
+        let services = old
+            .services
+            .iter()
+            .filter(|s| new.service(&s.config.name).is_none())
+            .map(|s| s.config.name.clone());
+        let servers = old
+            .pools
+            .iter()
+            .flat_map(|p| p.servers.iter().map(move |s| (p, s)))
+            .filter(|(p, s)| {
+                new.pool(&p.name).is_none_or(|np| np.servers.iter().all(|n| n.config.id() != s.config.id()))
+            })
+            .map(|(p, s)| (p.name.clone(), s.label.clone()));
+        Removed { services: services.collect(), servers: servers.collect() }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.servers.is_empty()
+    }
+}
+
+/// Drops the metric series of services and servers that `old` had and `current` has not.
+fn forget_removed(metrics: &Metrics, old: &State, current: &State) {
+    let removed = Removed::between(old, current);
+    let service_names: Vec<&str> = old.services.iter().map(|s| s.config.name.as_str()).collect();
+    let all_servers: Vec<(&str, &str)> = old
+        .pools
+        .iter()
+        .flat_map(|p| p.servers.iter().map(move |s| (p.name.as_str(), s.label.as_str())))
+        .collect();
+    for service in &removed.services {
+        metrics.forget_service(service, &all_servers);
+    }
+    for (pool, server) in &removed.servers {
+        metrics.forget_backend(pool, server, &service_names);
+    }
+    if !removed.is_empty() {
+        tracing::debug!(?removed, "metric series of removed services and servers dropped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(servers: &str, extra_service: bool, metrics: &Metrics) -> State {
+        let mut text = format!(
+            "[pools.cas]\nservers = [{servers}]\n[services.rpc]\nvip = \"198.19.0.10\"\nports = [135]\npool = \"cas\"\n"
+        );
+        if extra_service {
+            text += "[services.owa]\nvip = \"198.19.0.10\"\nports = [80]\nmode = \"http\"\npool = \"cas\"\n";
+        }
+        State::build(config::parse(&text, std::path::Path::new("t.toml")).unwrap(), metrics)
+    }
+
+    #[test]
+    fn removed_parts_are_found_by_identity_and_their_series_dropped() {
+        let m = Metrics::new();
+        let both = r#"{ address = "198.18.2.11" }, { address = "198.18.2.12" }"#;
+        let old = state(both, true, &m);
+        // Reordered and re-weighted: nothing removed.
+        let moved =
+            state(r#"{ address = "198.18.2.12", weight = 3 }, { address = "198.18.2.11" }"#, true, &m);
+        assert_eq!(Removed::between(&old, &moved), Removed::default());
+        let new = state(r#"{ address = "198.18.2.11" }"#, false, &m);
+        let removed = Removed::between(&old, &new);
+        assert_eq!(removed.services, vec!["owa".to_string()]);
+        assert_eq!(removed.servers, vec![("cas".to_string(), "198.18.2.12".to_string())]);
+
+        forget_removed(&m, &old, &new);
+        let t = m.encode();
+        assert!(!t.contains("198.18.2.12") && !t.contains("service=\"owa\""), "{t}");
+        assert!(t.contains("portier_backend_up{pool=\"cas\",server=\"198.18.2.11\"}"), "{t}");
+        assert!(t.contains("portier_service_connections_total{service=\"rpc\"}"), "{t}");
     }
 }
