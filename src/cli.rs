@@ -40,6 +40,15 @@ pub enum Command {
         #[arg(long)]
         control: Option<PathBuf>,
     },
+    /// Remove the nftables table and policy routing `run` installs, e.g. after a crash (the
+    /// unit's ExecStopPost). Idempotent; refuses while a portier answers on the control socket.
+    Cleanup {
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// Remove even though a running portier answers (its traffic stops being intercepted).
+        #[arg(long)]
+        force: bool,
+    },
     /// Check kernel support, capabilities, rules, routes and listeners; explain what is missing.
     Doctor {
         #[arg(long, short)]
@@ -60,6 +69,40 @@ pub struct Refused(pub String);
 
 pub fn load(path: &std::path::Path) -> anyhow::Result<Config> {
     config::load(path).map_err(|e| anyhow::Error::new(Refused(e.to_string())))
+}
+
+/// `portier cleanup`: the file names the fwmark, route table and control socket; a file that
+/// no longer loads (edited since the start) still lets the defaults be cleaned up.
+fn cleanup(path: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    let (intercept, control) = match config::load(path) {
+        Ok(c) => (c.intercept, c.admin.control.clone()),
+        Err(e) => {
+            eprintln!("warning: {e}\nwarning: cleaning up with the default [intercept] and control socket");
+            let defaults = config::InterceptConfig {
+                fwmark: config::DEFAULT_FWMARK,
+                route_table: config::DEFAULT_ROUTE_TABLE,
+            };
+            (defaults, PathBuf::from(config::DEFAULT_CONTROL_SOCKET))
+        }
+    };
+    if std::os::unix::net::UnixStream::connect(&control).is_ok() {
+        if !force {
+            return Err(anyhow::Error::new(Refused(format!(
+                "a portier is running (it answers on {}): stop it first, or use --force",
+                control.display()
+            ))));
+        }
+    } else if std::fs::remove_file(&control).is_ok() {
+        println!("removed: stale control socket {}", control.display());
+    }
+    let removed = intercept::cleanup(&intercept).map_err(|e| anyhow::Error::new(Refused(e)))?;
+    if removed.is_empty() {
+        println!("nothing to remove");
+    }
+    for r in removed {
+        println!("removed: {r}");
+    }
+    Ok(())
 }
 
 pub fn summary(c: &Config) -> String {
@@ -228,6 +271,7 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
                 ))))
             }
         }
+        Command::Cleanup { config, force } => cleanup(&config, force),
         Command::Lab { duration } => {
             init_logging("info");
             let d = duration

@@ -26,7 +26,8 @@ fn rules(ns: &Netns, fam: &str) -> usize {
 }
 
 fn local_route(ns: &Netns, fam: &str) -> bool {
-    ns.sh(&["ip", fam, "route", "show", "table", "100"]).unwrap().contains("local default dev lo")
+    // A table that never held a route does not exist: "FIB table does not exist" is no route.
+    ns.sh(&["ip", fam, "route", "show", "table", "100"]).unwrap_or_default().contains("local default dev lo")
 }
 
 fn assert_installed_once(ns: &Netns) {
@@ -180,4 +181,137 @@ fn a_second_instance_cannot_take_the_same_listeners() {
     assert_eq!(err.kind(), ErrorKind::Other);
     // The running one is unharmed.
     assert_installed_once(&s.lab.balancer);
+}
+
+fn assert_nothing_installed(ns: &Netns, when: &str) {
+    assert_eq!(tables(ns), 0, "table left {when}");
+    for fam in ["-4", "-6"] {
+        assert_eq!(rules(ns, fam), 0, "ip {fam} rule left {when}");
+        assert!(!local_route(ns, fam), "ip {fam} local route left {when}");
+    }
+}
+
+#[test]
+fn stray_signals_are_ignored_and_sigquit_stops_cleanly() {
+    let mut s = setup(LabSpec::default(), &[135], &cfg());
+    use nix::sys::signal::Signal;
+    for sig in [Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGALRM, Signal::SIGPROF, Signal::SIGIO] {
+        s.portier.signal(sig).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(s.portier.is_running(), "a stray signal killed portier:\n{}", s.portier.log_tail());
+    assert!(s.portier.log().contains("SIGUSR1 received and ignored"), "{}", s.portier.log_tail());
+    assert_installed_once(&s.lab.balancer);
+    let g = portier::lab::greet(&s.lab.client, Some(c4(0)), vip4(135), T).unwrap();
+    assert_eq!(g.peer.ip(), c4(0), "still serving, transparently");
+
+    let status = s.portier.signal_and_wait(Signal::SIGQUIT, Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "SIGQUIT: {status}\n{}", s.portier.log_tail());
+    assert_nothing_installed(&s.lab.balancer, "after SIGQUIT");
+}
+
+#[test]
+fn cleanup_removes_what_a_killed_portier_left_refuses_while_one_runs_and_is_idempotent() {
+    let mut s = setup(LabSpec::default(), &[135], &cfg());
+    let ns = &s.lab.balancer;
+    let config_path = s.portier.config_path.clone();
+    let cleanup = |extra: &[&str]| {
+        let out = ns
+            .command(&exe().to_string_lossy())
+            .args(["cleanup", "--config"])
+            .arg(&config_path)
+            .args(extra)
+            .output()
+            .unwrap();
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code(), text)
+    };
+    // A running portier keeps its rules.
+    let (code, text) = cleanup(&[]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("a portier is running"), "{text}");
+    assert_installed_once(ns);
+
+    // SIGKILL leaves everything; cleanup removes exactly that, and says so.
+    s.portier.kill().unwrap();
+    assert_installed_once(ns);
+    let (code, text) = cleanup(&[]);
+    assert_eq!(code, Some(0), "{text}");
+    for line in [
+        "removed: nftables table inet portier",
+        "removed: 1 ip -4 rule(s) fwmark 0x1 lookup 100",
+        "removed: ip -6 local route in table 100",
+        "removed: stale control socket",
+    ] {
+        assert!(text.contains(line), "cleanup output lacks {line:?}:\n{text}");
+    }
+    assert_nothing_installed(ns, "after cleanup");
+    // Again: nothing to do, still success.
+    let (code, text) = cleanup(&[]);
+    assert_eq!((code, text.trim()), (Some(0), "nothing to remove"));
+    // A file broken since the start still lets the defaults be cleaned up.
+    let mut p = PortierProcess::start(ns, exe(), &cfg(), ADMIN).unwrap();
+    p.kill().unwrap();
+    std::fs::write(&config_path, "[pools.cas\n").unwrap();
+    let (code, text) = cleanup(&[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("warning:") && text.contains("removed: nftables table inet portier"), "{text}");
+    assert_nothing_installed(ns, "after cleanup with a broken file");
+}
+
+#[test]
+fn sighup_at_any_moment_of_start_up_leaves_no_rules_behind() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let lab = portier::lab::Lab::build(&LabSpec::default()).unwrap();
+    let ns = &lab.balancer;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portier.toml");
+    let control = dir.path().join("control.sock");
+    std::fs::write(&path, portier::lab::portier::with_control(&cfg(), &control)).unwrap();
+    let mut survived = 0;
+    for delay_ms in [0u64, 1, 2, 4, 7, 10, 15, 20, 30, 45, 70, 100, 150, 250] {
+        let mut child = ns
+            .command(&exe().to_string_lossy())
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = kill(pid, Signal::SIGHUP);
+        // Either it died of the signal before installing anything, or it reloads and runs on.
+        let t0 = Instant::now();
+        let mut exited = None;
+        while t0.elapsed() < Duration::from_secs(5) {
+            if let Some(st) = child.try_wait().unwrap() {
+                exited = Some(st);
+                break;
+            }
+            if tables(ns) == 1 && std::os::unix::net::UnixStream::connect(&control).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if exited.is_none() {
+            survived += 1;
+            let _ = kill(pid, Signal::SIGTERM);
+            let t0 = Instant::now();
+            while child.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        // Reaped in every case (a no-op when it exited); a hung one is killed first.
+        let hung = child.try_wait().unwrap().is_none();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(!hung, "no exit after SIGHUP at {delay_ms} ms and SIGTERM");
+        assert_nothing_installed(ns, &format!("after SIGHUP {delay_ms} ms into the start ({exited:?})"));
+    }
+    // The later signals arrive once the handlers are in place: those starts ran on.
+    assert!(survived >= 3, "only {survived} of the starts survived their SIGHUP");
 }

@@ -38,6 +38,36 @@ pub fn remove(i: &InterceptConfig) {
     routing::remove(i);
 }
 
+/// `portier cleanup`: removes what `install` creates, whatever process left it (a crash, a
+/// SIGKILL), and says what it found. Nothing found is fine: it is idempotent. Fails only when
+/// something is still there after the removal (e.g. no CAP_NET_ADMIN).
+pub fn cleanup(i: &InterceptConfig) -> Result<Vec<String>, String> {
+    let found = |i: &InterceptConfig| {
+        let mut found = Vec::new();
+        if installed_table().is_some() {
+            found.push(format!("nftables table {} {}", ruleset::TABLE_FAMILY, ruleset::TABLE_NAME));
+        }
+        for fam in ["-4", "-6"] {
+            let n = routing::count_rules(fam, i).unwrap_or(0);
+            if n > 0 {
+                found.push(format!("{n} ip {fam} rule(s) fwmark {:#x} lookup {}", i.fwmark, i.route_table));
+            }
+            if routing::has_local_route(fam, i).unwrap_or(false) {
+                found.push(format!("ip {fam} local route in table {}", i.route_table));
+            }
+        }
+        found
+    };
+    let before = found(i);
+    remove(i);
+    let left = found(i);
+    if left.is_empty() {
+        Ok(before)
+    } else {
+        Err(format!("could not remove: {} (needs root or CAP_NET_ADMIN)", left.join(", ")))
+    }
+}
+
 /// The installed table as `nft list table` prints it, or None when absent.
 pub fn installed_table() -> Option<String> {
     run("nft", &["list", "table", ruleset::TABLE_FAMILY, ruleset::TABLE_NAME], None).ok()

@@ -106,8 +106,18 @@ impl PortierProcess {
 
     /// SIGHUP: reload the running file.
     pub fn hangup(&self) -> io::Result<()> {
+        self.signal(Signal::SIGHUP)
+    }
+
+    /// Sends `sig` without waiting for anything.
+    pub fn signal(&self, sig: Signal) -> io::Result<()> {
         let Some(child) = self.child.as_ref() else { return Err(io::Error::other("portier is not running")) };
-        kill(Pid::from_raw(child.id() as i32), Signal::SIGHUP).map_err(io::Error::other)
+        kill(Pid::from_raw(child.id() as i32), sig).map_err(io::Error::other)
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// POST a path on the admin listener: (HTTP status, body).
@@ -164,7 +174,7 @@ impl PortierProcess {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
-    fn signal_and_wait(&mut self, sig: Signal, limit: Duration) -> io::Result<ExitStatus> {
+    pub fn signal_and_wait(&mut self, sig: Signal, limit: Duration) -> io::Result<ExitStatus> {
         let Some(child) = self.child.as_mut() else {
             return Err(io::Error::other("portier already stopped"));
         };

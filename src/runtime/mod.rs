@@ -55,13 +55,41 @@ pub(crate) struct Running {
     sip: Option<crate::sip::SipHandle>,
 }
 
-/// Runs portier until SIGTERM or SIGINT, then stops gracefully.
+/// Signals whose default action ends the process although nobody means portier to stop (a
+/// stray `kill -USR1`, a timer signal from a library): each is logged and otherwise ignored,
+/// so it cannot leave the nftables rules pointing at a dead socket. Handlers, not SIG_IGN:
+/// the `nft` and `ip` children start with the default dispositions.
+const STRAY_SIGNALS: [(libc::c_int, &str); 7] = [
+    (libc::SIGUSR1, "SIGUSR1"),
+    (libc::SIGUSR2, "SIGUSR2"),
+    (libc::SIGALRM, "SIGALRM"),
+    (libc::SIGVTALRM, "SIGVTALRM"),
+    (libc::SIGPROF, "SIGPROF"),
+    (libc::SIGIO, "SIGIO"),
+    (libc::SIGPWR, "SIGPWR"),
+];
+
+fn ignore_stray_signals() -> Result<(), RuntimeError> {
+    for (number, name) in STRAY_SIGNALS {
+        let mut stream = signal(SignalKind::from_raw(number)).map_err(RuntimeError::Signal)?;
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                tracing::warn!("{name} received and ignored (SIGHUP reloads, SIGTERM stops)");
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Runs portier until SIGTERM, SIGINT or SIGQUIT, then stops gracefully.
 pub async fn run(config: Config) -> Result<(), RuntimeError> {
     // Signals before anything touches the system: a SIGHUP or SIGTERM arriving during the
     // start must not kill portier with its rules installed.
     let mut sigterm = signal(SignalKind::terminate()).map_err(RuntimeError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(RuntimeError::Signal)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(RuntimeError::Signal)?;
+    let mut sigquit = signal(SignalKind::quit()).map_err(RuntimeError::Signal)?;
+    ignore_stray_signals()?;
 
     let metrics = Arc::new(Metrics::new());
     let drain = Arc::new(Drain::default());
@@ -145,6 +173,7 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
             }
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
+            _ = sigquit.recv() => break "SIGQUIT",
             _ = sighup.recv() => {
                 running.reload(None).await;
             }
