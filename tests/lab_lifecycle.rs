@@ -315,3 +315,44 @@ fn sighup_at_any_moment_of_start_up_leaves_no_rules_behind() {
     // The later signals arrive once the handlers are in place: those starts ran on.
     assert!(survived >= 3, "only {survived} of the starts survived their SIGHUP");
 }
+
+#[test]
+fn accept_failures_at_the_descriptor_limit_are_logged_once_a_second() {
+    let s = setup(LabSpec::default(), &[135], &cfg());
+    let pid = s.portier.pid().unwrap().to_string();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    // The soft limit only: the hard one could not be raised again.
+    let limit = |n: &str| {
+        let st = std::process::Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={n}:")])
+            .status()
+            .expect("prlimit (util-linux)");
+        assert!(st.success(), "prlimit --nofile={n}:");
+    };
+    let out = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, "--nofile", "--noheadings", "--output", "SOFT"])
+        .output()
+        .unwrap();
+    let soft = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // A few descriptors to spare: the next connections fill them, the rest wait in the
+    // listen queue while every accept fails with EMFILE (retried every 50 ms).
+    limit(&(open + 4).to_string());
+    // Those accepted while a descriptor or two is left are reset (no socket for the server).
+    let held: Vec<_> = (0..20).filter_map(|_| s.connect(c4(0), vip4(135)).ok()).collect();
+    std::thread::sleep(Duration::from_millis(3200));
+    limit(&soft);
+    let log = s.portier.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("accept failed")).collect();
+    assert!(!lines.is_empty(), "no accept failure at the descriptor limit:\n{}", s.portier.log_tail());
+    // Two listeners (IPv4 and IPv6) at most one line a second each, over about 3 s.
+    assert!(lines.len() <= 8, "{} accept-failure lines in 3 s:\n{}", lines.len(), lines.join("\n"));
+    assert!(
+        lines.iter().any(|l| l.contains("suppressed=") && !l.contains("suppressed=0")),
+        "the lines count what they held back:\n{}",
+        lines.join("\n")
+    );
+    // Descriptors back: the queued connections are served.
+    drop(held);
+    let g = portier::lab::greet(&s.lab.client, Some(c4(0)), vip4(135), T).unwrap();
+    assert_eq!(g.peer.ip(), c4(0));
+}

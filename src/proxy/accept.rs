@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use super::http::{self, HttpService};
 use super::{tcp, Drain};
 use crate::net::ClientAddr;
-use crate::state::Service;
+use crate::state::{LogLimiter, Service};
 
 /// What a listener hands its connections to.
 pub enum Serving {
@@ -43,6 +43,8 @@ pub async fn accept_loop(
     stop: watch::Receiver<bool>,
     mut close: watch::Receiver<bool>,
 ) {
+    // Out of descriptors the same error repeats every back-off: one line a second says it.
+    let accept_log = LogLimiter::default();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -71,7 +73,13 @@ pub async fn accept_loop(
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(service = %serving.load().service().config.name, "accept failed: {e}");
+                if accept_log.allow() {
+                    tracing::warn!(
+                        service = %serving.load().service().config.name,
+                        suppressed = accept_log.take_suppressed(),
+                        "accept failed: {e}"
+                    );
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
