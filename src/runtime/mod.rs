@@ -201,6 +201,7 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
         _ = tokio::time::sleep(limit) => false,
         _ = sigterm.recv() => false,
         _ = sigint.recv() => false,
+        _ = sigquit.recv() => false,
     };
     if !drained {
         tracing::warn!(active = drain.active(), "drain limit reached: closing remaining connections");
