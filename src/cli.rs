@@ -105,6 +105,51 @@ fn cleanup(path: &std::path::Path, force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `check` found loading the files a configuration names.
+#[derive(Debug, Default)]
+pub struct FileCheck {
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Loads every certificate, key and CA file the configuration names, as `run` will: each
+/// chain parsed and matched with its key, each CA file parsed. A key that every user may read
+/// is a warning (it still loads).
+pub fn check_files(c: &Config) -> FileCheck {
+    let mut out = FileCheck::default();
+    let mut keys = Vec::new();
+    for svc in c.services.iter().filter(|s| s.mode == config::Mode::Https) {
+        if let Err(e) = crate::tls::CertStore::load(&svc.certificates) {
+            out.errors.push(format!("service {}: certificates: {e}", svc.name));
+        }
+        keys.extend(svc.certificates.iter().map(|s| s.key.clone()));
+    }
+    for pool in &c.pools {
+        if let Some(t) = &pool.tls {
+            if let Err(e) = crate::tls::client_config(t, crate::tls::ALPN_HTTP1) {
+                out.errors.push(format!("pool {}: tls: {e}", pool.name));
+            }
+        }
+    }
+    if let Some(sip) = &c.sip {
+        if let Err(e) = crate::sip::service::check_certificates(sip) {
+            out.errors.push(format!("sip.tls: {e}"));
+        }
+        keys.extend(sip.tls.iter().map(|s| s.key.clone()));
+    }
+    keys.sort();
+    keys.dedup();
+    for key in keys {
+        if let Some(mode) = crate::tls::world_readable_key(&key) {
+            out.warnings.push(format!(
+                "private key {} is readable by every user (mode {mode:o}): chmod 600 it, or 640 with the service's group",
+                key.display()
+            ));
+        }
+    }
+    out
+}
+
 pub fn summary(c: &Config) -> String {
     use std::fmt::Write;
     let mut s = String::new();
@@ -212,6 +257,17 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Check { config } => {
             let c = load(&config)?;
+            let files = check_files(&c);
+            for w in &files.warnings {
+                eprintln!("warning: {w}");
+            }
+            if !files.errors.is_empty() {
+                return Err(anyhow::Error::new(Refused(format!(
+                    "{}: the configuration parses, but its files do not load:\n{}",
+                    c.path.display(),
+                    files.errors.join("\n")
+                ))));
+            }
             print!("{}", summary(&c));
             Ok(())
         }
@@ -237,6 +293,9 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
         Command::Run { config } => {
             let c = load(&config)?;
             init_logging(&c.global.log_level);
+            for w in check_files(&c).warnings {
+                tracing::warn!("{w}");
+            }
             let threads = c.global.threads.or_else(|| {
                 std::env::var("TOKIO_WORKER_THREADS")
                     .ok()

@@ -26,15 +26,87 @@ fn the_shipped_example_checks_ok_with_a_summary() {
     assert!(out.contains("service cas-rpc: tcp 198.19.0.10 ports 135,59532,59533-59534 -> pool cas; source client (transparent); sticky client-ip table cas for 2h; idle 2h"), "{out}");
 }
 
+/// A self-signed certificate for `names` and its key, written as `dir/stem.pem` and
+/// `dir/stem.key` (the key private to its owner).
+fn certificate(dir: &Path, stem: &str, names: &[&str]) {
+    use std::os::unix::fs::PermissionsExt;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let cert = rcgen::CertificateParams::new(names).unwrap().self_signed(&key).unwrap();
+    std::fs::write(dir.join(format!("{stem}.pem")), cert.pem()).unwrap();
+    let key_path = dir.join(format!("{stem}.key"));
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 #[test]
 fn every_shipped_config_checks_ok() {
+    // `check` loads the certificates the files name: made for the test, under their names.
+    let dir = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir("configs").unwrap() {
         let path = entry.unwrap().path();
         if path.extension().map(|e| e == "toml").unwrap_or(false) {
-            let (code, _, err) = portier(&["check", "--config", path.to_str().unwrap()]);
+            let text = std::fs::read_to_string(&path).unwrap();
+            for stem in ["mail", "lync", "pbx"] {
+                certificate(dir.path(), stem, &[&format!("{stem}.example.test")]);
+            }
+            let copy = dir.path().join(path.file_name().unwrap());
+            std::fs::write(&copy, text.replace("/etc/portier/tls/", &format!("{}/", dir.path().display())))
+                .unwrap();
+            let (code, _, err) = portier(&["check", "--config", copy.to_str().unwrap()]);
             assert_eq!(code, 0, "{}: {err}", path.display());
+            assert!(!err.contains("warning"), "{}: {err}", path.display());
         }
     }
+}
+
+#[test]
+fn check_loads_every_certificate_key_and_ca_and_warns_of_a_key_anyone_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    certificate(d, "mail", &["mail.example.test"]);
+    certificate(d, "other", &["other.example.test"]);
+    std::fs::create_dir(d.join("a-directory")).unwrap();
+    let https = |cert: &str, key: &str, pool_tls: &str| {
+        let text = format!(
+            "[pools.p]\nservers = [{{ address = \"198.18.2.11\" }}]\n{pool_tls}\n[services.s]\nvip = \"198.19.0.10\"\nports = [443]\nmode = \"https\"\npool = \"p\"\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
+            d.join(cert).display(),
+            d.join(key).display()
+        );
+        let path = d.join("check.toml");
+        std::fs::write(&path, text).unwrap();
+        portier(&["check", "--config", path.to_str().unwrap()])
+    };
+    let (code, out, err) = https("mail.pem", "mail.key", "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(": OK") && !err.contains("warning"), "{out}{err}");
+
+    for (what, cert, key, tls, want) in [
+        ("a missing key", "mail.pem", "gone.key", "", "gone.key"),
+        ("a directory as the certificate", "a-directory", "mail.key", "", "a-directory"),
+        ("a key of another certificate", "mail.pem", "other.key", "", "does not match"),
+        (
+            "a missing CA",
+            "mail.pem",
+            "mail.key",
+            "tls = { verify = true, ca = \"/nonexistent/ca.pem\" }",
+            "/nonexistent/ca.pem",
+        ),
+    ] {
+        let (code, out, err) = https(cert, key, tls);
+        assert_eq!(code, 2, "{what}: {out}{err}");
+        assert!(err.contains(want) && err.contains("do not load"), "{what}: {err}");
+        assert!(!out.contains(": OK"), "{what}: {out}");
+    }
+
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.join("mail.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = https("mail.pem", "mail.key", "");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: private key") && err.contains("readable by every user (mode 644)"),
+        "{err}"
+    );
 }
 
 const POOL: &str = "[pools.p]\nservers = [{ address = \"198.18.2.11\" }]\n";

@@ -80,5 +80,13 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The permission bits of a private key file that every user may read (`o+r`), or None when
+/// it is private (or cannot be inspected: loading it reports that).
+pub fn world_readable_key(path: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o004 != 0).then_some(mode)
+}
+
 #[cfg(test)]
 mod tests;
