@@ -623,3 +623,57 @@ fn a_client_port_reused_during_time_wait_connects_without_a_syn_retry() {
     let retries = syn_retransmits(&l) - before;
     assert_eq!(retries, 0, "SYN retransmissions while reusing port 40000\n{}", l.portier.log_tail());
 }
+
+/// Raw bytes to VIP:80 from the first client address; what came back until the close.
+fn raw_http(l: &L7, bytes: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = portier::lab::connect(&l.lab.client, Some(c4(0)), vip4(80), T).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn two_hosts_or_a_host_that_disagrees_with_the_target_are_refused_with_400() {
+    let cfg = r#"
+[pools.mail]
+servers = [ { address = "198.18.2.11:80" } ]
+[pools.lync]
+servers = [ { address = "198.18.2.12:80" } ]
+[services.web]
+vip = "198.19.0.10"
+ports = [80]
+mode = "http"
+pool = "mail"
+routes = [ { host = "lync.example.test", pool = "lync" } ]
+"#;
+    let l = start(LabSpec { backends: 2, extra_clients: 0 }, &[], cfg);
+    for (what, head) in [
+        ("two Host fields", "GET / HTTP/1.1\r\nHost: mail.example.test\r\nHost: lync.example.test\r\n\r\n"),
+        (
+            "the same Host twice",
+            "GET / HTTP/1.1\r\nHost: lync.example.test\r\nHost: lync.example.test\r\n\r\n",
+        ),
+        (
+            "an absolute target for another host",
+            "GET http://lync.example.test/ HTTP/1.1\r\nHost: mail.example.test\r\n\r\n",
+        ),
+    ] {
+        // Connection: close, so the answer ends with the connection.
+        let head = head.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n");
+        let out = raw_http(&l, head.as_bytes());
+        assert!(out.starts_with("HTTP/1.1 400"), "{what}: {out}");
+        assert!(!out.contains("backend="), "{what} reached a server: {out}");
+    }
+    // Agreeing: routed by the target, and the server sees that name.
+    let out = raw_http(
+        &l,
+        b"GET http://lync.example.test/ HTTP/1.1\r\nHost: LYNC.example.test\r\nConnection: close\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 200") && out.contains("backend=cas02"), "{out}");
+    assert!(out.contains("host=lync.example.test"), "{out}");
+    let m = l.portier.get("/metrics").unwrap();
+    assert_eq!(metric(&m, "portier_http_responses_generated_total", &["status=\"400\""]), 3.0, "{m}");
+}

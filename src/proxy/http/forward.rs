@@ -187,6 +187,30 @@ fn req_host(req: &Request<Incoming>) -> Option<&str> {
     (!host.is_empty()).then_some(host)
 }
 
+/// Refuses a request with more than one Host field, or whose Host names another host than
+/// its target's authority (absolute form, HTTP/2 `:authority`); when both are present and
+/// agree, the authority replaces Host, so the server sees the name the request was routed by.
+fn one_host<B>(req: &mut Request<B>) -> Result<(), &'static str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next().cloned();
+    if hosts.next().is_some() {
+        return Err("more than one Host header");
+    }
+    let Some(authority) = req.uri().authority().map(|a| a.as_str()).filter(|a| !a.is_empty()) else {
+        return Ok(());
+    };
+    if let Some(host) = host {
+        let named = host.to_str().map(super::route::bare_host).unwrap_or_default();
+        if !named.eq_ignore_ascii_case(super::route::bare_host(authority)) {
+            return Err("the Host header names another host than the request target");
+        }
+        let v = HeaderValue::from_str(authority)
+            .map_err(|_| "the request target's authority is not a valid Host")?;
+        req.headers_mut().insert(header::HOST, v);
+    }
+    Ok(())
+}
+
 fn req_path(req: &Request<Incoming>) -> String {
     req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string()
 }
@@ -209,6 +233,12 @@ pub async fn handle(
         let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
         (req_host(&req), req.method().as_str().as_bytes(), path)
     });
+
+    // One name for routing and for the server (RFC 9112 3.2, RFC 9113 8.3.1): the fast path
+    // hands over every head with two Hosts or an absolute-form target, so this is the one check.
+    if let Err(why) = one_host(&mut req) {
+        return plain(&hs, facts, h2, in_flight, StatusCode::BAD_REQUEST, format!("{why}\n"));
+    }
 
     if svc.config.mode == Mode::Redirect {
         let host = req_host(&req).unwrap_or_default();
@@ -362,4 +392,34 @@ pub async fn handle(
             Box::new(finish),
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str, hosts: &[&str]) -> Request<()> {
+        let mut b = Request::builder().uri(uri);
+        for h in hosts {
+            b = b.header(header::HOST, *h);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn one_host_refuses_two_hosts_and_a_host_that_disagrees_with_the_target() {
+        assert!(one_host(&mut req("/", &["mail.example.test", "lync.example.test"])).is_err());
+        assert!(one_host(&mut req("/", &["mail.example.test", "mail.example.test"])).is_err());
+        assert!(one_host(&mut req("http://mail.example.test/", &["lync.example.test"])).is_err());
+        for ok in [req("/", &["mail.example.test"]), req("/", &[]), req("http://mail.example.test/", &[])] {
+            let mut r = ok;
+            let before = r.headers().clone();
+            assert_eq!(one_host(&mut r), Ok(()));
+            assert_eq!(r.headers(), &before, "nothing to replace");
+        }
+        // Agreeing (case and port aside): the target's authority is what the server sees.
+        let mut r = req("http://mail.example.test:80/owa", &["MAIL.example.test"]);
+        assert_eq!(one_host(&mut r), Ok(()));
+        assert_eq!(r.headers().get(header::HOST).unwrap(), "mail.example.test:80");
+    }
 }
