@@ -12,15 +12,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::nginx::{start, L7};
-use common::sip::{scenario, Sipp, SippRuns};
+use common::sip::{register_args, scenario, Call, Sipp, SippRuns, DOMAIN};
 use common::*;
 use portier::lab::LabSpec;
 
 const RUN: Duration = Duration::from_secs(30);
 const RELOADS: usize = 20;
 /// The caller holds the call this long after the answer: past the last reload.
-const CALL_HOLD_MS: &str = "30000";
-const DOMAIN: &str = "pbx.example.test";
+const CALL_HOLD_MS: u64 = 30_000;
+/// Where portier's B2BUA listens: the balancer's client-side address.
+const PBX: &str = "198.18.1.1:5060";
 /// The phones live in the client namespace (its extra addresses): Alice calls, Bob answers,
 /// Carol is registered only.
 const ALICE: usize = 2;
@@ -110,38 +111,13 @@ fn number_after(text: &str, label: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// sipp arguments common to every phone: scenario, local address and port, extension.
-fn phone_args(sc: &str, ip: &str, port: &str, ext: &str) -> Vec<String> {
-    ["-sf", &scenario(sc), "-i", ip, "-p", port, "-s", ext].iter().map(|s| s.to_string()).collect()
-}
-
 fn as_strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-/// Registers `ext` from `ip:port` for an hour (register.xml: 401, then 200).
-fn register(runs: &SippRuns, l: &L7, ext: &str, ip: &str, port: &str) {
-    let mut a = phone_args("register.xml", ip, port, ext);
-    let secret = format!("s3cret-{ext}");
-    a.splice(2..2, ["198.18.1.1:5060".to_string()]);
-    for x in [
-        "-au",
-        ext,
-        "-ap",
-        &secret,
-        "-auth_uri",
-        DOMAIN,
-        "-set",
-        "domain",
-        DOMAIN,
-        "-set",
-        "expires",
-        "3600",
-        "-m",
-        "1",
-    ] {
-        a.push(x.to_string());
-    }
+/// Registers `ext` (secret `s3cret-EXT`) from `ip:port` for an hour.
+fn register(runs: &SippRuns, l: &L7, ext: &str, ip: &str, port: u16) {
+    let a = register_args(PBX, ip, port, ext, &format!("s3cret-{ext}"));
     let mut s = runs.sipp(&l.lab.client, &format!("register-{ext}"), &as_strs(&a), Duration::from_secs(8));
     let code = s.wait();
     assert_eq!(code, 0, "register {ext} exited {code}\n{}", runs.reports());
@@ -151,36 +127,20 @@ fn register(runs: &SippRuns, l: &L7, ext: &str, ip: &str, port: &str) {
 fn long_call(runs: &SippRuns, l: &L7) -> (Sipp, Sipp) {
     let (alice, bob) = (c4(ALICE).to_string(), c4(BOB).to_string());
     let limit = Duration::from_secs(90);
-    let mut a = phone_args("uas.xml", &bob, "5070", "2002");
-    a.extend(["-m".to_string(), "1".to_string()]);
-    let callee = runs.sipp(&l.lab.client, "uas-2002", &as_strs(&a), limit);
+    let uas = ["-sf", &scenario("uas.xml"), "-i", &bob, "-p", "5070", "-s", "2002", "-m", "1"];
+    let callee = runs.sipp(&l.lab.client, "uas-2002", &uas, limit);
     std::thread::sleep(Duration::from_millis(300));
-    let mut a = phone_args("call.xml", &alice, "5070", "2001");
-    a.splice(2..2, ["198.18.1.1:5060".to_string()]);
-    let auth_uri = format!("2002@{DOMAIN}");
-    for x in [
-        "-au",
-        "2001",
-        "-ap",
-        "s3cret-2001",
-        "-auth_uri",
-        &auth_uri,
-        "-set",
-        "domain",
-        DOMAIN,
-        "-set",
-        "callee",
-        "2002",
-        "-m",
-        "1",
-        "-l",
-        "1",
-        "-d",
-        CALL_HOLD_MS,
-    ] {
-        a.push(x.to_string());
-    }
-    let caller = runs.sipp(&l.lab.client, "call-2001-to-2002", &as_strs(&a), limit);
+    let call = Call {
+        scenario_file: "call.xml",
+        ext: "2001",
+        secret: "s3cret-2001",
+        ip: &alice,
+        port: 5070,
+        number: "2002",
+        calls: 1,
+        hold_ms: CALL_HOLD_MS,
+    };
+    let caller = runs.sipp(&l.lab.client, "call-2001-to-2002", &as_strs(&call.args(PBX)), limit);
     (caller, callee)
 }
 
@@ -219,8 +179,8 @@ fn renew_certificate(l: &L7, i: usize) {
 fn twenty_reloads_under_load_drop_nothing() {
     let l = start(LabSpec { backends: 3, extra_clients: 3 }, &[], &config(0));
     let runs = SippRuns::new();
-    register(&runs, &l, "2002", &c4(BOB).to_string(), "5070");
-    register(&runs, &l, "2003", &c4(ALICE).to_string(), "5072");
+    register(&runs, &l, "2002", &c4(BOB).to_string(), 5070);
+    register(&runs, &l, "2003", &c4(ALICE).to_string(), 5072);
     wait_metric(&l, &runs, "portier_sip_registrations", 2.0, Duration::from_secs(5));
     let (mut caller, mut callee) = long_call(&runs, &l);
     wait_metric(&l, &runs, "portier_sip_calls_active", 1.0, Duration::from_secs(10));

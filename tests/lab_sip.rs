@@ -1215,43 +1215,20 @@ fn a_reload_changes_extensions_without_dropping_the_call_or_other_registrations(
     t.register("2003", "s3cret-2003", PHONE3, 5070);
     t.wait_metric("portier_sip_registrations", &[], 2.0, S(5));
     let mut callee = t.phone_uas("uas.xml", "2002", PHONE2, 5070, 1, S(30));
-    // call.xml holds the call for -d ms before the caller's BYE.
-    let target = format!("{PBX}:5060");
-    let auth_uri = format!("2002@{DOMAIN}");
-    let mut caller = t.sipp(
-        &t.lab.phones,
-        "long-call-2001-to-2002",
-        &[
-            "-sf",
-            &scenario("call.xml"),
-            &target,
-            "-i",
-            PHONE1,
-            "-p",
-            "5070",
-            "-s",
-            "2001",
-            "-au",
-            "2001",
-            "-ap",
-            "s3cret-2001",
-            "-auth_uri",
-            &auth_uri,
-            "-set",
-            "domain",
-            DOMAIN,
-            "-set",
-            "callee",
-            "2002",
-            "-m",
-            "1",
-            "-l",
-            "1",
-            "-d",
-            "6000",
-        ],
-        S(30),
-    );
+    // call.xml holds the call for hold_ms before the caller's BYE.
+    let call = Call {
+        scenario_file: "call.xml",
+        ext: "2001",
+        secret: "s3cret-2001",
+        ip: PHONE1,
+        port: 5070,
+        number: "2002",
+        calls: 1,
+        hold_ms: 6000,
+    };
+    let args = call.args(&format!("{PBX}:5060"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut caller = t.sipp(&t.lab.phones, "long-call-2001-to-2002", &args, S(30));
     t.wait_metric("portier_sip_calls_active", &[], 1.0, S(10));
 
     // Carol leaves, Dave arrives, Alice gets a new secret: one reload while the call is up.

@@ -400,38 +400,9 @@ impl SipTest {
 
     /// Registers `ext` from `ip:port` with sipp's register.xml (401 then 200 with the binding).
     pub fn register(&self, ext: &str, secret: &str, ip: &str, port: u16) -> Sipp {
-        let local = port.to_string();
-        let target = format!("{PBX}:5060");
-        self.sipp_ok(
-            &self.lab.phones,
-            &format!("register-{ext}-{ip}-{port}"),
-            &[
-                "-sf",
-                &scenario("register.xml"),
-                &target,
-                "-i",
-                ip,
-                "-p",
-                &local,
-                "-s",
-                ext,
-                "-au",
-                ext,
-                "-ap",
-                secret,
-                "-auth_uri",
-                DOMAIN,
-                "-set",
-                "domain",
-                DOMAIN,
-                "-set",
-                "expires",
-                "3600",
-                "-m",
-                "1",
-            ],
-            Duration::from_secs(8),
-        )
+        let args = register_args(&format!("{PBX}:5060"), ip, port, ext, secret);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.sipp_ok(&self.lab.phones, &format!("register-{ext}-{ip}-{port}"), &args, Duration::from_secs(8))
     }
 
     /// A phone's UAS side: `scenario_file` bound where the phone registered, for `calls` calls.
@@ -469,44 +440,10 @@ impl SipTest {
         calls: u32,
         timeout: Duration,
     ) -> Sipp {
-        let local = port.to_string();
-        let target = format!("{PBX}:5060");
-        let auth_uri = format!("{number}@{DOMAIN}");
-        let m = calls.to_string();
-        self.sipp(
-            &self.lab.phones,
-            &format!("call-{ext}-to-{number}"),
-            &[
-                "-sf",
-                &scenario(scenario_file),
-                &target,
-                "-i",
-                ip,
-                "-p",
-                &local,
-                "-s",
-                ext,
-                "-au",
-                ext,
-                "-ap",
-                secret,
-                "-auth_uri",
-                &auth_uri,
-                "-set",
-                "domain",
-                DOMAIN,
-                "-set",
-                "callee",
-                number,
-                "-m",
-                &m,
-                "-l",
-                "1",
-                "-d",
-                "300",
-            ],
-            timeout,
-        )
+        let call = Call { scenario_file, ext, secret, ip, port, number, calls, hold_ms: 300 };
+        let args = call.args(&format!("{PBX}:5060"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.sipp(&self.lab.phones, &format!("call-{ext}-to-{number}"), &args, timeout)
     }
 
     /// The ISP (sipp at 198.18.3.10:5062, no credentials) calls the trunk's number 0999999999
@@ -677,6 +614,93 @@ fn spawn_sipp(
         started: Instant::now(),
         wall: timeout + Duration::from_secs(5),
         code: None,
+    }
+}
+
+/// sipp arguments for `ext` (with `secret`) at `ip:port` registering at `target` for an
+/// hour with register.xml (401, then 200 with the binding).
+pub fn register_args(target: &str, ip: &str, port: u16, ext: &str, secret: &str) -> Vec<String> {
+    let port = port.to_string();
+    [
+        "-sf",
+        &scenario("register.xml"),
+        target,
+        "-i",
+        ip,
+        "-p",
+        &port,
+        "-s",
+        ext,
+        "-au",
+        ext,
+        "-ap",
+        secret,
+        "-auth_uri",
+        DOMAIN,
+        "-set",
+        "domain",
+        DOMAIN,
+        "-set",
+        "expires",
+        "3600",
+        "-m",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// A phone's call (call*.xml): `ext` at `ip:port` dialling `number` `calls` times, each held
+/// `hold_ms` after the answer.
+pub struct Call<'a> {
+    pub scenario_file: &'a str,
+    pub ext: &'a str,
+    pub secret: &'a str,
+    pub ip: &'a str,
+    pub port: u16,
+    pub number: &'a str,
+    pub calls: u32,
+    pub hold_ms: u64,
+}
+
+impl Call<'_> {
+    /// sipp's arguments for placing the call through `target`.
+    pub fn args(&self, target: &str) -> Vec<String> {
+        let (port, auth_uri) = (self.port.to_string(), format!("{}@{DOMAIN}", self.number));
+        let (m, d) = (self.calls.to_string(), self.hold_ms.to_string());
+        [
+            "-sf",
+            &scenario(self.scenario_file),
+            target,
+            "-i",
+            self.ip,
+            "-p",
+            &port,
+            "-s",
+            self.ext,
+            "-au",
+            self.ext,
+            "-ap",
+            self.secret,
+            "-auth_uri",
+            &auth_uri,
+            "-set",
+            "domain",
+            DOMAIN,
+            "-set",
+            "callee",
+            self.number,
+            "-m",
+            &m,
+            "-l",
+            "1",
+            "-d",
+            &d,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     }
 }
 
