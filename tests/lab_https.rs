@@ -677,3 +677,20 @@ routes = [ { host = "lync.example.test", pool = "lync" } ]
     let m = l.portier.get("/metrics").unwrap();
     assert_eq!(metric(&m, "portier_http_responses_generated_total", &["status=\"400\""]), 3.0, "{m}");
 }
+
+#[test]
+fn equal_content_lengths_reach_the_server_as_one() {
+    // nginx answers a repeated Content-Length with 400 itself: forwarded twice, it would.
+    let cfg = "[pools.mail]\nservers = [ { address = \"198.18.2.11:80\" } ]\n[services.web]\nvip = \"198.19.0.10\"\nports = [80]\nmode = \"http\"\npool = \"mail\"\n";
+    let l = start(LabSpec { backends: 1, extra_clients: 0 }, &[], cfg);
+    // Small (the fast path) and larger than it reads whole (handed to hyper).
+    for len in [5usize, 100_000] {
+        let body = "x".repeat(len);
+        let head = format!(
+            "POST /upload HTTP/1.1\r\nHost: mail.example.test\r\nContent-Length: {len}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+        );
+        let out = raw_http(&l, format!("{head}{body}").as_bytes());
+        assert!(out.starts_with("HTTP/1.1 200"), "{len} bytes: {}", &out[..out.len().min(400)]);
+        assert!(out.contains(&format!("uploaded={len}")), "{len} bytes: {out}");
+    }
+}

@@ -187,6 +187,14 @@ fn req_host(req: &Request<Incoming>) -> Option<&str> {
     (!host.is_empty()).then_some(host)
 }
 
+/// Equal Content-Length fields (hyper accepts them as one length) go out as one.
+fn one_length(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    if let (Some(first), Some(_)) = (values.next().cloned(), values.next()) {
+        headers.insert(header::CONTENT_LENGTH, first);
+    }
+}
+
 /// Refuses a request with more than one Host field, or whose Host names another host than
 /// its target's authority (absolute form, HTTP/2 `:authority`); when both are present and
 /// agree, the authority replaces Host, so the server sees the name the request was routed by.
@@ -285,6 +293,7 @@ pub async fn handle(
     let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     hop_by_hop(&mut parts.headers, client_upgrade.is_some());
+    one_length(&mut parts.headers);
     if h2 {
         join_cookies(&mut parts.headers);
     }
@@ -421,5 +430,15 @@ mod tests {
         let mut r = req("http://mail.example.test:80/owa", &["MAIL.example.test"]);
         assert_eq!(one_host(&mut r), Ok(()));
         assert_eq!(r.headers().get(header::HOST).unwrap(), "mail.example.test:80");
+    }
+
+    #[test]
+    fn equal_lengths_go_out_as_one() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        one_length(&mut h);
+        assert_eq!(h.get_all(header::CONTENT_LENGTH).iter().count(), 1);
+        assert_eq!(h.get(header::CONTENT_LENGTH).unwrap(), "3");
     }
 }

@@ -255,10 +255,19 @@ impl Head {
     }
 
     fn write_fields(&self, buf: &[u8], out: &mut Vec<u8>, drop: &[&[u8]]) {
+        // Equal Content-Length fields were accepted as one length (`digest`): one goes out,
+        // as servers and clients may refuse a repeated field (RFC 9110 8.6).
+        let mut length_written = false;
         for (name, value) in &self.fields {
             let n = &buf[name.clone()];
             if self.hop_by_hop(buf, n) || drop.iter().any(|d| n.eq_ignore_ascii_case(d)) {
                 continue;
+            }
+            if n.len() == 14 && n.eq_ignore_ascii_case(b"content-length") {
+                if length_written {
+                    continue;
+                }
+                length_written = true;
             }
             out.extend_from_slice(n);
             out.extend_from_slice(b": ");
@@ -335,8 +344,12 @@ mod tests {
             assert!(req(unusual).0.unusual, "{unusual}");
         }
         // The same length twice is one length.
-        let (h, _) = req("POST / HTTP/1.1\r\nContent-Length: 3\r\ncontent-length: 3\r\n\r\n");
+        let (h, b) = req("POST / HTTP/1.1\r\nContent-Length: 3\r\ncontent-length: 3\r\n\r\n");
         assert_eq!((h.framing, h.unusual), (Some(Framing::Length(3)), false));
+        // ... and is forwarded once.
+        let mut out = Vec::new();
+        h.write_request(&b, &mut out, &[]);
+        assert_eq!(String::from_utf8(out).unwrap(), "POST / HTTP/1.1\r\nContent-Length: 3\r\n");
     }
 
     #[test]
