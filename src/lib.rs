@@ -9,6 +9,7 @@ pub mod control;
 pub mod health;
 pub mod intercept;
 pub mod lab;
+pub mod log_limit;
 pub mod metrics;
 pub mod net;
 pub mod proxy;

@@ -122,6 +122,19 @@ pub struct SipMetrics {
     pub auth_failures: Counter,
     pub mwi_received: Counter,
     pub mwi_delivered: Counter,
+    /// 401/407 challenges sent without a transaction (requests without credentials).
+    pub stateless_challenges: Counter,
+    /// Requests answered 503 and connections closed at a `[sip.limits]` bound, by reason.
+    pub refused: Family<ReasonLabels, Counter>,
+    /// Connections open on the SIP TCP/TLS listeners.
+    pub connections: Gauge,
+    /// Connections closed for a message left incomplete or for idleness.
+    pub connections_closed: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
 }
 
 impl SipMetrics {
@@ -268,6 +281,26 @@ impl Metrics {
             "sip_mwi_delivered",
             "Message-waiting NOTIFYs sent to phones",
             sip.mwi_delivered.clone(),
+        );
+        registry.register(
+            "sip_stateless_challenges",
+            "401/407 challenges answered without keeping a transaction",
+            sip.stateless_challenges.clone(),
+        );
+        registry.register(
+            "sip_refused",
+            "SIP requests (503) and connections refused at a configured limit, by reason",
+            sip.refused.clone(),
+        );
+        registry.register(
+            "sip_connections",
+            "Open connections on the SIP TCP/TLS listeners",
+            sip.connections.clone(),
+        );
+        registry.register(
+            "sip_connections_closed",
+            "SIP connections closed by portier, by reason (message_timeout, idle_timeout)",
+            sip.connections_closed.clone(),
         );
         registry.register(
             "service_connections",

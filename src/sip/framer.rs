@@ -13,6 +13,9 @@ use super::error::ParseError;
 use super::message::Message;
 use super::parse::{content_length, find_head_end, parse_datagram_with, split_head, Limits};
 
+/// A drained buffer larger than this is given back.
+const IDLE_CAPACITY: usize = 4096;
+
 /// What the stream delivered next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -88,6 +91,10 @@ impl StreamFramer {
         if self.start == self.buf.len() {
             self.buf.clear();
             self.start = 0;
+            if self.buf.capacity() > IDLE_CAPACITY {
+                // One large message must not keep its buffer on an idle connection.
+                self.buf = Vec::new();
+            }
         }
         out
     }

@@ -81,6 +81,41 @@ pub struct SipConfig {
     pub trunks: BTreeMap<TrunkId, SipTrunk>,
     pub voicemail: Option<SipVoicemail>,
     pub dialplan: DialPlan,
+    pub limits: SipLimits,
+}
+
+/// Bounds on the state peers can make the B2BUA hold (`[sip.limits]`). Requests beyond the
+/// transaction limits get a stateless 503, connections beyond the connection limits are
+/// closed at once; both are counted and logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SipLimits {
+    /// Live transactions in all.
+    pub transactions: usize,
+    /// Live server transactions of requests from one IP address.
+    pub transactions_per_source: usize,
+    /// Accepted TCP/TLS connections in all.
+    pub connections: usize,
+    /// Accepted TCP/TLS connections from one IP address.
+    pub connections_per_source: usize,
+    /// A message whose first bytes arrived must be complete within this.
+    pub message_timeout: Duration,
+    /// An accepted connection with no registration, call or transaction on it is closed
+    /// after this long without a message.
+    pub idle_timeout: Duration,
+}
+
+impl Default for SipLimits {
+    fn default() -> Self {
+        // About 4 KB per transaction and 5 KB per idle connection: tens of MB at most.
+        SipLimits {
+            transactions: 10_000,
+            transactions_per_source: 1_000,
+            connections: 4_000,
+            connections_per_source: 100,
+            message_timeout: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
 }
 
 /// `transport:IP:port`, e.g. `tcp:198.18.2.20:5060` or `tls:[2001:db8::1]:5061`.

@@ -17,14 +17,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::connection::{accept_loop, ConnLimits, Connection, Timeouts};
 use crate::metrics::SipMetrics;
 use crate::sip::engine::{Dest, Engine, EngineOptions, Now, Outgoing, ReconfigureReport};
-use crate::sip::{Frame, StreamFramer};
+use crate::sip::Frame;
 use crate::sip::{SipConfig, SipTransport};
 use crate::tls::{client_config, CertSpec, CertStore, TlsAcceptorHandle, UpstreamTls, NO_ALPN};
 
@@ -32,10 +32,10 @@ use crate::tls::{client_config, CertSpec, CertStore, TlsAcceptorHandle, Upstream
 /// so the last BYEs and unREGISTERs leave and their first answers or retransmissions happen.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
 /// Connecting to a peer (TCP handshake plus TLS) may take this long.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Queued outbound messages per connection before new ones are dropped (UDP-like loss;
 /// transactions retransmit or time out).
-const CONN_QUEUE: usize = 256;
+pub(super) const CONN_QUEUE: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SipError {
@@ -83,12 +83,27 @@ pub async fn bind(cfg: &SipConfig) -> Result<Bound, SipError> {
     Ok(b)
 }
 
-enum Inbound {
+/// What the socket tasks tell the engine task.
+pub(super) enum Inbound {
     Datagram(Vec<u8>, Dest),
     Frame(Frame, Dest),
-    Opened { id: u64, transport: SipTransport, peer: SocketAddr, writer: mpsc::Sender<Vec<u8>> },
-    Failed { id: u64, transport: SipTransport, peer: SocketAddr },
+    Opened {
+        id: u64,
+        transport: SipTransport,
+        peer: SocketAddr,
+        writer: mpsc::Sender<Vec<u8>>,
+    },
+    Failed {
+        id: u64,
+        transport: SipTransport,
+        peer: SocketAddr,
+    },
     Closed(u64),
+    /// Connection `id` has been idle for `sip.limits.idle_timeout`: may it stay open?
+    Idle {
+        id: u64,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 struct Conn {
@@ -104,6 +119,8 @@ struct Transports {
     next_id: u64,
     inbound: mpsc::Sender<Inbound>,
     tls_client: Arc<rustls::ClientConfig>,
+    limits: ConnLimits,
+    metrics: SipMetrics,
 }
 
 /// A request from the handle to the engine task.
@@ -196,9 +213,11 @@ async fn run(
         tasks.push(tokio::spawn(udp_reader(sock.clone(), tx.clone())));
     }
     let first_id = Arc::new(std::sync::atomic::AtomicU64::new(1 << 40));
+    let limits = ConnLimits::new(cfg.limits, metrics.clone());
     for (transport, l) in bound.tcp {
         let acceptor = bound.acceptor.as_ref().map(|a| a.acceptor());
-        tasks.push(tokio::spawn(accept_loop(l, transport, acceptor, tx.clone(), first_id.clone())));
+        let ids = first_id.clone();
+        tasks.push(tokio::spawn(accept_loop(l, transport, acceptor, tx.clone(), ids, limits.clone())));
     }
     let mut t = Transports {
         udp: bound.udp,
@@ -207,6 +226,8 @@ async fn run(
         next_id: 1,
         inbound: tx.clone(),
         tls_client,
+        limits,
+        metrics: metrics.clone(),
     };
     let mut engine = Engine::new(cfg.clone(), metrics, EngineOptions::random(), Now::system());
     tracing::info!(
@@ -254,6 +275,7 @@ async fn run(
             }
             c = control.recv(), if control_open => match c {
                 Some(Control::Reconfigure { cfg, reply }) => {
+                    t.limits.set(cfg.limits);
                     let report = engine.reconfigure(cfg, Now::system());
                     tracing::info!("SIP reconfigured: {report}");
                     let _ = reply.send(report);
@@ -300,6 +322,9 @@ impl Transports {
                 engine.on_transport_error(transport, peer, Now::system());
             }
             Inbound::Closed(id) => self.forget(id),
+            Inbound::Idle { id, reply } => {
+                let _ = reply.send(engine.uses_connection(id));
+            }
         }
     }
 
@@ -359,6 +384,9 @@ impl Transports {
         self.by_peer.insert((transport, dest.addr), id);
         let inbound = self.inbound.clone();
         let tls = self.tls_client.clone();
+        // Ours to a trunk or a phone's contact: no idle cut (the engine reaches out on it).
+        let timeouts = Timeouts { message: self.limits.limits().message_timeout, idle: None };
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             let peer = dest.addr;
             let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer)).await {
@@ -375,18 +403,19 @@ impl Transports {
                 }
             };
             let _ = tcp.set_nodelay(true);
+            let conn = |tx| Connection { id, transport, peer, writer: w, queue: r, tx, timeouts, metrics };
             if transport == SipTransport::Tls {
                 let name = rustls::pki_types::ServerName::IpAddress(peer.ip().into());
                 let connector = tokio_rustls::TlsConnector::from(tls);
                 match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp)).await {
-                    Ok(Ok(s)) => serve_conn(s, id, transport, peer, w, r, inbound).await,
+                    Ok(Ok(s)) => conn(inbound).serve(s).await,
                     _ => {
                         tracing::info!(%peer, "SIP: TLS handshake failed");
                         let _ = inbound.send(Inbound::Failed { id, transport, peer }).await;
                     }
                 }
             } else {
-                serve_conn(tcp, id, transport, peer, w, r, inbound).await;
+                conn(inbound).serve(tcp).await;
             }
         });
     }
@@ -406,102 +435,6 @@ async fn udp_reader(sock: Arc<UdpSocket>, tx: mpsc::Sender<Inbound>) {
             Err(e) => tracing::debug!("SIP: UDP receive: {e}"),
         }
     }
-}
-
-async fn accept_loop(
-    l: TcpListener,
-    transport: SipTransport,
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
-    tx: mpsc::Sender<Inbound>,
-    ids: Arc<std::sync::atomic::AtomicU64>,
-) {
-    loop {
-        let (s, peer) = match l.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!("SIP: accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = s.set_nodelay(true);
-        let id = ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (w, r) = mpsc::channel(CONN_QUEUE);
-        let tx = tx.clone();
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            if tx.send(Inbound::Opened { id, transport, peer, writer: w.clone() }).await.is_err() {
-                return;
-            }
-            match (transport, acceptor) {
-                (SipTransport::Tls, Some(a)) => {
-                    match tokio::time::timeout(CONNECT_TIMEOUT, a.accept(s)).await {
-                        Ok(Ok(s)) => serve_conn(s, id, transport, peer, w, r, tx).await,
-                        _ => {
-                            tracing::info!(%peer, "SIP: TLS handshake from a client failed");
-                            let _ = tx.send(Inbound::Closed(id)).await;
-                        }
-                    }
-                }
-                _ => serve_conn(s, id, transport, peer, w, r, tx).await,
-            }
-        });
-    }
-}
-
-/// Reads frames from a connection and writes what its queue holds, until either side ends.
-async fn serve_conn<S>(
-    stream: S,
-    id: u64,
-    transport: SipTransport,
-    peer: SocketAddr,
-    writer: mpsc::Sender<Vec<u8>>,
-    mut queue: mpsc::Receiver<Vec<u8>>,
-    tx: mpsc::Sender<Inbound>,
-) where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    let write = tokio::spawn(async move {
-        while let Some(b) = queue.recv().await {
-            if wr.write_all(&b).await.is_err() {
-                break;
-            }
-        }
-        let _ = wr.shutdown().await;
-    });
-    let mut framer = StreamFramer::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    let src = Dest { transport, addr: peer, conn: Some(id) };
-    'read: loop {
-        let n = match rd.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        framer.push(&buf[..n]);
-        loop {
-            match framer.next_frame() {
-                Ok(Some(Frame::Ping)) => {
-                    // RFC 5626 keep-alive: CRLFCRLF is answered with CRLF.
-                    let _ = writer.try_send(b"\r\n".to_vec());
-                }
-                Ok(Some(Frame::Pong)) => {}
-                Ok(Some(f)) => {
-                    if tx.send(Inbound::Frame(f, src)).await.is_err() {
-                        break 'read;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::info!(%peer, "SIP: closing connection: {e}");
-                    break 'read;
-                }
-            }
-        }
-    }
-    drop(writer);
-    write.abort();
-    let _ = tx.send(Inbound::Closed(id)).await;
 }
 
 #[cfg(test)]

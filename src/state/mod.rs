@@ -11,7 +11,6 @@ pub use carry::Carry;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,6 +30,8 @@ pub enum Sticky {
     ServerCookie { name: String, table: Arc<StickyTable<String>> },
 }
 
+pub use crate::log_limit::LogLimiter;
+
 pub struct Service {
     pub config: ServiceConfig,
     /// The default pool; None only for redirect services.
@@ -43,31 +44,6 @@ pub struct Service {
     pub listener_port: u16,
     /// At most one "no server available" line per second, with a count of those skipped.
     pub no_server_log: LogLimiter,
-}
-
-/// Lets one log line through per second; counts the rest so the next line can say so.
-#[derive(Default)]
-pub struct LogLimiter {
-    last_second: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-impl LogLimiter {
-    pub fn allow(&self) -> bool {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        if self.last_second.swap(now, Ordering::Relaxed) == now {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            false
-        } else {
-            true
-        }
-    }
-    pub fn take_suppressed(&self) -> u64 {
-        self.suppressed.swap(0, Ordering::Relaxed)
-    }
 }
 
 impl Service {

@@ -23,6 +23,19 @@ pub struct SipFile {
     pub voicemail: Option<VoicemailFile>,
     #[serde(default)]
     pub dialplan: Vec<DialRuleFile>,
+    pub limits: Option<LimitsFile>,
+}
+
+/// `[sip.limits]`: what one peer, or all of them, may hold of the B2BUA's state.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    pub transactions: Option<Spanned<i64>>,
+    pub transactions_per_source: Option<Spanned<i64>>,
+    pub connections: Option<Spanned<i64>>,
+    pub connections_per_source: Option<Spanned<i64>>,
+    pub message_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

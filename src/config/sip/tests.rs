@@ -313,3 +313,23 @@ fn summary_names_listeners_extensions_trunks_and_rules() {
     assert!(s.contains("trunk isp: register 0999999999@isp.example.test at udp:198.18.3.10:5060"), "{s}");
     assert!(s.contains("dialplan 0. -> trunk isp strip 1"), "{s}");
 }
+
+#[test]
+fn limits_have_defaults_and_bad_values_are_named() {
+    assert_eq!(sip(BASE).limits, crate::sip::SipLimits::default());
+    let s =
+        sip(&format!("{BASE}[sip.limits]\ntransactions = 500\nconnections = 20\nidle_timeout = \"30s\"\n"));
+    assert_eq!(
+        (s.limits.transactions, s.limits.connections, s.limits.connections_per_source),
+        (500, 20, 20),
+        "a per-source default above the total is the total"
+    );
+    assert_eq!(s.limits.idle_timeout, Duration::from_secs(30));
+    let e =
+        parse_str(&format!("{BASE}[sip.limits]\ntransactions = 0\nmessage_timeout = \"0s\"\n")).unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("test.toml:5:") && text.contains("sip.limits.transactions"), "{text}");
+    assert!(text.contains("test.toml:6:") && text.contains("sip.limits.message_timeout"), "{text}");
+    let e = parse_str(&format!("{BASE}[sip.limits]\nconections = 5\n")).unwrap_err();
+    assert!(e.to_string().contains("test.toml:5:") && e.to_string().contains("conections"), "{e}");
+}

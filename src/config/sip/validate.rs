@@ -12,12 +12,14 @@ use toml::Spanned;
 
 use super::dialplan::dialplan;
 use super::extensions::extensions;
-use super::file::{SipFile, TrunkFile, TrunkKindFile};
+use super::file::{LimitsFile, SipFile, TrunkFile, TrunkKindFile};
 use super::{DEFAULT_NONCE_LIFETIME, DEFAULT_REGISTER_EXPIRES};
 use crate::config::validate::{span, Checker};
 use crate::sip::dialplan::is_number;
 use crate::sip::digest::Algorithm;
-use crate::sip::{Identity, SipAddr, SipConfig, SipTransport, SipTrunk, SipVoicemail, TrunkId, TrunkKind};
+use crate::sip::{
+    Identity, SipAddr, SipConfig, SipLimits, SipTransport, SipTrunk, SipVoicemail, TrunkId, TrunkKind,
+};
 
 /// Parses `transport:IP:port`.
 pub fn parse_sip_addr(text: &str) -> Result<SipAddr, String> {
@@ -182,7 +184,10 @@ pub(in crate::config) fn validate_sip(c: &mut Checker<'_>, f: &SipFile) -> SipCo
         }
     }
 
+    let limits = limits(c, f.limits.as_ref());
+
     SipConfig {
+        limits,
         listen,
         domain: f.domain.get_ref().clone(),
         tls,
@@ -193,6 +198,40 @@ pub(in crate::config) fn validate_sip(c: &mut Checker<'_>, f: &SipFile) -> SipCo
         voicemail,
         dialplan,
     }
+}
+
+fn limits(c: &mut Checker<'_>, f: Option<&LimitsFile>) -> SipLimits {
+    let d = SipLimits::default();
+    let Some(f) = f else { return d };
+    let mut count = |v: &Option<Spanned<i64>>, name: &str, default: usize| match v {
+        None => default,
+        Some(n) if *n.get_ref() < 1 || *n.get_ref() > 1_000_000 => {
+            c.err(span(n), format!("sip.limits.{name}"), "must be between 1 and 1000000");
+            default
+        }
+        Some(n) => *n.get_ref() as usize,
+    };
+    let mut l = SipLimits {
+        transactions: count(&f.transactions, "transactions", d.transactions),
+        transactions_per_source: count(
+            &f.transactions_per_source,
+            "transactions_per_source",
+            d.transactions_per_source,
+        ),
+        connections: count(&f.connections, "connections", d.connections),
+        connections_per_source: count(
+            &f.connections_per_source,
+            "connections_per_source",
+            d.connections_per_source,
+        ),
+        ..d
+    };
+    // A per-source limit above the global one would never apply: the global one is meant.
+    l.transactions_per_source = l.transactions_per_source.min(l.transactions);
+    l.connections_per_source = l.connections_per_source.min(l.connections);
+    l.message_timeout = c.duration(&f.message_timeout, "sip.limits.message_timeout", d.message_timeout);
+    l.idle_timeout = c.duration(&f.idle_timeout, "sip.limits.idle_timeout", d.idle_timeout);
+    l
 }
 
 pub(super) fn names<T>(m: &BTreeMap<Spanned<String>, T>) -> String {

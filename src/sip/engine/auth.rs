@@ -4,7 +4,7 @@ use crate::sip::digest::Verdict;
 use crate::sip::transaction::Key;
 use crate::sip::Message;
 
-use super::{build, Engine, Now};
+use super::{build, Dest, Engine, Now, Outgoing};
 
 /// The two challenge flavours.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +100,51 @@ impl Engine {
                 None
             }
         }
+    }
+
+    /// Challenges a new REGISTER for a known extension, or an out-of-dialog INVITE from a
+    /// caller that must authenticate, that carries no credentials, without a transaction:
+    /// the nonce validates itself and nothing is kept, so a flood of them costs no memory and
+    /// draws one 401/407 per request instead of a retransmitted series (Kamailio answers its
+    /// challenges statelessly too). Returns whether the request was answered.
+    pub(super) fn challenge_statelessly(&mut self, req: &Message, src: Dest, now: Now) -> bool {
+        let kind = match req.method() {
+            Some("INVITE") => Challenge::Proxy,
+            Some("REGISTER") => Challenge::Www,
+            _ => return false,
+        };
+        let to = req.to().ok();
+        if to.as_ref().is_none_or(|t| t.tag().is_some()) || req.get_all(kind.credentials()).next().is_some() {
+            return false;
+        }
+        match kind {
+            Challenge::Proxy => {
+                // A trusted trunk needs no credentials; a stopping B2BUA answers 503, and a
+                // retransmission of an accepted INVITE gets its 2xx again: all stateful.
+                let known_call = req.call_id().is_ok_and(|c| self.by_call_id.contains_key(&c));
+                if self.draining.is_some() || known_call || self.trusted_trunk(src.addr.ip()).is_some() {
+                    return false;
+                }
+            }
+            Challenge::Www => {
+                let ext = to.as_ref().and_then(|t| build::uri_user(&t.uri));
+                if !ext.is_some_and(|e| self.cfg.extensions.contains_key(&e)) {
+                    return false;
+                }
+            }
+        }
+        let call_id = req.call_id().unwrap_or_default();
+        let from_tag = req.from().ok().and_then(|f| f.tag().map(str::to_owned)).unwrap_or_default();
+        let branch = req.top_via().ok().and_then(|v| v.branch().map(str::to_owned)).unwrap_or_default();
+        let tag = self.ids.stateless_tag(&[&call_id, &from_tag, &branch]);
+        let (status, reason) = kind.status();
+        let Some(mut r) = build::response(req, status, reason, Some(&tag)) else { return false };
+        for v in self.digest.challenge(now.unix, false, &self.cfg.digest_algorithms) {
+            let _ = r.insert_header(r.headers().len() - 1, kind.header(), &v);
+        }
+        self.metrics.stateless_challenges.inc();
+        self.out.push(Outgoing { dest: src, msg: r });
+        true
     }
 
     fn challenge(&mut self, key: &Key, req: &Message, kind: Challenge, stale: bool, now: Now) {

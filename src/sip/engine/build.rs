@@ -20,11 +20,17 @@ pub const BRANCH_PREFIX: &str = "z9hG4bK-pt-";
 pub struct Ids {
     rng: SystemRandom,
     fallback: u64,
+    /// Keys the To tags of stateless answers, so they cannot be predicted either.
+    salt: [u8; 16],
 }
 
 impl Default for Ids {
     fn default() -> Self {
-        Ids { rng: SystemRandom::new(), fallback: 0 }
+        let rng = SystemRandom::new();
+        let mut salt = [0u8; 16];
+        // A zero salt still gives stable tags; never expected.
+        let _ = rng.fill(&mut salt);
+        Ids { rng, fallback: 0, salt }
     }
 }
 
@@ -46,6 +52,22 @@ impl Ids {
 
     pub fn tag(&mut self) -> String {
         self.hex(8)
+    }
+
+    /// The To tag of a response sent without a transaction: derived from `parts` (Call-ID,
+    /// From tag, branch), so a retransmitted request gets the same tag (RFC 3261 8.2.7).
+    pub fn stateless_tag(&self, parts: &[&str]) -> String {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(&self.salt);
+        for p in parts {
+            ctx.update(p.as_bytes());
+            ctx.update(&[0]);
+        }
+        let mut s = String::with_capacity(16);
+        for b in &ctx.finish().as_ref()[..8] {
+            let _ = write!(s, "{b:02x}");
+        }
+        s
     }
 
     pub fn branch(&mut self) -> String {

@@ -242,12 +242,7 @@ impl Engine {
             self.reject(&key, &req, 484, "Address Incomplete", now);
             return;
         };
-        let from_trunk = self
-            .trunk_from(src.addr.ip())
-            .and_then(|id| self.trunks.get(&id))
-            .map(|t| &t.cfg.kind)
-            // An untrusted peer's calls are authenticated like a phone's.
-            .filter(|k| !matches!(k, TrunkKind::Peer { trusted: false, .. }));
+        let from_trunk = self.trusted_trunk(src.addr.ip());
         let (caller, caller_name, private, target) = match from_trunk {
             Some(kind) => {
                 let (user, name, private) = identity_of(&req);

@@ -26,11 +26,12 @@ mod tests;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::metrics::{MethodLabels, SipMetrics};
+use crate::log_limit::LogLimiter;
+use crate::metrics::{MethodLabels, ReasonLabels, SipMetrics};
 use crate::sip::digest::DigestServer;
 use crate::sip::transaction::{server_key, Action, Key, Role, Timers, TransactionTable};
 use crate::sip::SipAddr;
@@ -179,6 +180,9 @@ pub struct Engine {
     ids: build::Ids,
     out: Vec<Outgoing>,
     server_dest: HashMap<Key, Dest>,
+    /// Live server transactions by source address (`sip.limits.transactions_per_source`).
+    per_source: HashMap<IpAddr, usize>,
+    limit_log: LogLimiter,
     client: HashMap<Key, ClientTx>,
     reg: registrar::Registrar,
     calls: HashMap<u64, call::Call>,
@@ -219,6 +223,8 @@ impl Engine {
             ids: build::Ids::default(),
             out: Vec::new(),
             server_dest: HashMap::new(),
+            per_source: HashMap::new(),
+            limit_log: LogLimiter::default(),
             client: HashMap::new(),
             reg: registrar::Registrar::default(),
             calls: HashMap::new(),
@@ -356,18 +362,87 @@ impl Engine {
             }
         }
         mark_received(&mut msg, src.addr);
+        let mut opened = None;
         if !is_ack {
-            if let Some(k) = server_key(&msg) {
-                self.server_dest.entry(k).or_insert(src);
-            } else {
+            let Some(k) = server_key(&msg) else {
                 // An RFC 2543 branch: no transaction can be matched reliably.
                 self.stateless(&msg, 400, "Via Branch Without Magic Cookie Not Supported", src);
                 return;
+            };
+            if self.tx.get(&k).is_none() {
+                // A new request: challenged without state, or refused at a limit, before a
+                // transaction is made for it.
+                if self.challenge_statelessly(&msg, src, now) {
+                    return;
+                }
+                if let Some(reason) = self.over_limit(src.addr.ip()) {
+                    self.refuse_at_limit(&msg, src, reason);
+                    return;
+                }
+                self.track_server(k.clone(), src);
+                opened = Some(k);
             }
         }
         let d = self.tx.on_received(msg, now.mono);
         self.run(d.key, d.actions, now);
+        if let Some(k) = opened.filter(|k| self.tx.get(k).is_none()) {
+            // No transaction lives for it (it was answered and ended at once, or never made).
+            self.untrack_server(&k);
+        }
         self.after_event();
+    }
+
+    /// Which `[sip.limits]` bound a new server transaction from `ip` would pass.
+    fn over_limit(&self, ip: IpAddr) -> Option<&'static str> {
+        let l = &self.cfg.limits;
+        if self.tx.len() >= l.transactions {
+            return Some("transactions");
+        }
+        if self.per_source.get(&ip).is_some_and(|n| *n >= l.transactions_per_source) {
+            return Some("transactions_per_source");
+        }
+        None
+    }
+
+    /// A stateless 503 for a request beyond a limit, counted, logged once a second.
+    fn refuse_at_limit(&mut self, req: &Message, src: Dest, reason: &'static str) {
+        self.metrics.refused.get_or_create(&ReasonLabels { reason }).inc();
+        if self.limit_log.allow() {
+            let held = self.limit_log.take_suppressed();
+            tracing::warn!(from = %src.addr, limit = reason, held_back = held, "SIP: request refused with 503 at sip.limits.{reason}");
+        }
+        if let Some(mut r) = build::response(req, 503, "Service Unavailable", None) {
+            let _ = r.insert_header(r.headers().len() - 1, "Retry-After", "5");
+            self.out.push(Outgoing { dest: src, msg: r });
+        }
+    }
+
+    fn track_server(&mut self, k: Key, src: Dest) {
+        if self.server_dest.insert(k, src).is_none() {
+            *self.per_source.entry(src.addr.ip()).or_default() += 1;
+        }
+    }
+
+    fn untrack_server(&mut self, k: &Key) {
+        let Some(d) = self.server_dest.remove(k) else { return };
+        if let std::collections::hash_map::Entry::Occupied(mut e) = self.per_source.entry(d.addr.ip()) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+
+    /// Whether anything still needs TCP/TLS connection `id`: a registration, a call leg, a
+    /// subscription or a transaction on it. An idle connection that nothing needs is closed
+    /// (`sip.limits.idle_timeout`). Called once per idle period of a connection, not per message.
+    pub fn uses_connection(&self, id: u64) -> bool {
+        let on = |d: &Dest| d.conn == Some(id);
+        self.reg.any_dest(on)
+            || self.calls.values().any(|c| on(&c.a.dest) || c.forks.iter().any(|f| on(&f.leg.dest)))
+            || self.subscriptions.iter().any(|s| on(&s.dest))
+            || self.server_dest.values().any(on)
+            || self.client.values().any(|c| on(&c.dest))
     }
 
     /// Time passed: fire the transaction and engine timers that are due.
@@ -544,7 +619,7 @@ impl Engine {
                         match k.role {
                             Role::Client => self.client.remove(k),
                             Role::Server => {
-                                self.server_dest.remove(k);
+                                self.untrack_server(k);
                                 None
                             }
                         };

@@ -45,6 +45,11 @@ impl Registrar {
         self.by_ext.remove(ext).map_or(0, |v| v.len())
     }
 
+    /// Whether any binding's destination satisfies `f`.
+    pub fn any_dest(&self, f: impl Fn(&Dest) -> bool) -> bool {
+        self.by_ext.values().flatten().any(|b| f(&b.dest))
+    }
+
     pub fn count(&self) -> usize {
         self.by_ext.values().map(Vec::len).sum()
     }

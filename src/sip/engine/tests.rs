@@ -787,6 +787,7 @@ fn credentials_with_an_algorithm_not_offered_are_refused() {
 }
 
 mod drain;
+mod limits;
 mod reconfigure;
 
 mod robustness {

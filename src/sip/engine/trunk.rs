@@ -137,6 +137,16 @@ impl Engine {
         self.trunks.values().find(|t| t.addr().addr.ip() == ip).map(|t| t.id.clone())
     }
 
+    /// The kind of the trunk at `ip` when its calls need no credentials (every trunk but an
+    /// untrusted peer, whose callers authenticate like phones).
+    pub(super) fn trusted_trunk(&self, ip: IpAddr) -> Option<&TrunkKind> {
+        self.trunks
+            .values()
+            .find(|t| t.addr().addr.ip() == ip)
+            .map(|t| &t.cfg.kind)
+            .filter(|k| !matches!(k, TrunkKind::Peer { trusted: false, .. }))
+    }
+
     /// Starts (or restarts) trunk `id`'s timer chain: a REGISTER or a ping now. Nothing while
     /// draining: a stopping B2BUA takes no new registrations.
     pub(super) fn trunk_start(&mut self, id: &TrunkId, now: Now) {
