@@ -679,6 +679,37 @@ routes = [ { host = "lync.example.test", pool = "lync" } ]
 }
 
 #[test]
+fn connect_is_refused_a_missing_host_is_400_and_te_never_reaches_the_server() {
+    let cfg = "[pools.mail]\nservers = [ { address = \"198.18.2.11:80\" } ]\n[services.web]\nvip = \"198.19.0.10\"\nports = [80]\nmode = \"http\"\npool = \"mail\"\n";
+    let l = start(LabSpec { backends: 1, extra_clients: 0 }, &[], cfg);
+    let out = raw_http(
+        &l,
+        b"CONNECT mail.example.test:443 HTTP/1.1\r\nHost: mail.example.test:443\r\nConnection: close\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 501") && !out.contains("backend="), "CONNECT: {out}");
+    let out = raw_http(&l, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert!(out.starts_with("HTTP/1.1 400") && !out.contains("backend="), "HTTP/1.1 without Host: {out}");
+    // HTTP/1.0 may leave Host out: routed to the default pool.
+    let out = raw_http(&l, b"GET / HTTP/1.0\r\n\r\n");
+    assert!(out.contains("backend=cas01"), "HTTP/1.0 without Host: {out}");
+    // TE is hop-by-hop: the fast path (origin form), and hyper's (HTTP/1.0, absolute form).
+    for head in [
+        "GET /te HTTP/1.1\r\nHost: mail.example.test\r\nTE: trailers, gzip\r\nConnection: TE, close\r\n\r\n",
+        "GET /te HTTP/1.0\r\nHost: mail.example.test\r\nTE: gzip\r\nConnection: TE\r\n\r\n",
+        "GET http://mail.example.test/te HTTP/1.1\r\nHost: mail.example.test\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+    ] {
+        let out = raw_http(&l, head.as_bytes());
+        assert!(out.contains("backend=cas01 te=[]"), "{head:?}: {out}");
+    }
+    let m = l.portier.get("/metrics").unwrap();
+    for status in ["501", "400"] {
+        let want = [format!("status=\"{status}\"")];
+        let want: Vec<&str> = want.iter().map(String::as_str).collect();
+        assert_eq!(metric(&m, "portier_http_responses_generated_total", &want), 1.0, "{status}: {m}");
+    }
+}
+
+#[test]
 fn equal_content_lengths_reach_the_server_as_one() {
     // nginx answers a repeated Content-Length with 400 itself: forwarded twice, it would.
     let cfg = "[pools.mail]\nservers = [ { address = \"198.18.2.11:80\" } ]\n[services.web]\nvip = \"198.19.0.10\"\nports = [80]\nmode = \"http\"\npool = \"mail\"\n";

@@ -132,6 +132,8 @@ http {{
             return 200 "backend={name} wsman\n";
         }}
         location = /redirect-me {{ return 302 /landed; }}
+        # What arrived of the hop-by-hop TE field (portier must not forward it).
+        location = /te {{ return 200 "backend={name} te=[$http_te]\n"; }}
         # Reads the whole request body (proxy request buffering) before answering.
         location = /upload {{
             proxy_pass http://127.0.0.1:80/uploaded;

@@ -219,6 +219,29 @@ fn one_host<B>(req: &mut Request<B>) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// `orig` as a Host value: the port left out when it is HTTP's or HTTPS's own.
+fn host_of(orig: OrigDstAddr) -> String {
+    let ip = match orig.ip() {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        v4 => v4.to_string(),
+    };
+    match orig.port() {
+        80 | 443 => ip,
+        p => format!("{ip}:{p}"),
+    }
+}
+
+/// Requests portier answers itself instead of forwarding: CONNECT (a reverse proxy opens no
+/// tunnels to where a client asks) and an HTTP/1.1 request without Host (RFC 9112 3.2).
+fn refused<B>(req: &Request<B>) -> Option<(StatusCode, &'static str)> {
+    if req.method() == hyper::Method::CONNECT {
+        return Some((StatusCode::NOT_IMPLEMENTED, "CONNECT is not supported here\n"));
+    }
+    let no_host = !req.headers().contains_key(header::HOST) && req.uri().authority().is_none();
+    (req.version() == Version::HTTP_11 && no_host)
+        .then_some((StatusCode::BAD_REQUEST, "an HTTP/1.1 request needs a Host header\n"))
+}
+
 fn req_path(req: &Request<Incoming>) -> String {
     req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string()
 }
@@ -246,6 +269,9 @@ pub async fn handle(
     // hands over every head with two Hosts or an absolute-form target, so this is the one check.
     if let Err(why) = one_host(&mut req) {
         return plain(&hs, facts, h2, in_flight, StatusCode::BAD_REQUEST, format!("{why}\n"));
+    }
+    if let Some((status, why)) = refused(&req) {
+        return plain(&hs, facts, h2, in_flight, status, why.into());
     }
 
     if svc.config.mode == Mode::Redirect {
@@ -298,11 +324,15 @@ pub async fn handle(
         join_cookies(&mut parts.headers);
     }
     if !parts.headers.contains_key(header::HOST) {
-        // Then the host can only come from the request's authority (HTTP/2, absolute form).
-        if let Some(a) = parts.uri.authority().filter(|a| !a.as_str().is_empty()) {
-            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                parts.headers.insert(header::HOST, v);
-            }
+        // Then the host can only come from the request's authority (HTTP/2, absolute form);
+        // an HTTP/1.0 request without either goes out as HTTP/1.1, which needs a Host: the
+        // address the client connected to.
+        let host = match parts.uri.authority().filter(|a| !a.as_str().is_empty()) {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => HeaderValue::try_from(host_of(orig)).ok(),
+        };
+        if let Some(v) = host {
+            parts.headers.insert(header::HOST, v);
         }
     }
     if let Some(f) = hs.client_fields(client) {
@@ -430,6 +460,28 @@ mod tests {
         let mut r = req("http://mail.example.test:80/owa", &["MAIL.example.test"]);
         assert_eq!(one_host(&mut r), Ok(()));
         assert_eq!(r.headers().get(header::HOST).unwrap(), "mail.example.test:80");
+    }
+
+    #[test]
+    fn the_host_of_a_request_without_one_is_the_address_it_reached() {
+        let at = |s: &str| OrigDstAddr(s.parse().unwrap());
+        assert_eq!(host_of(at("198.19.0.10:80")), "198.19.0.10");
+        assert_eq!(host_of(at("[2001:db8::10]:443")), "[2001:db8::10]");
+        assert_eq!(host_of(at("198.19.0.10:8080")), "198.19.0.10:8080");
+    }
+
+    #[test]
+    fn connect_and_a_missing_host_are_answered_by_portier() {
+        let connect = Request::builder().method("CONNECT").uri("mail.example.test:443").body(()).unwrap();
+        assert_eq!(refused(&connect).map(|r| r.0), Some(StatusCode::NOT_IMPLEMENTED));
+        let mut no_host = req("/", &[]);
+        *no_host.version_mut() = Version::HTTP_11;
+        assert_eq!(refused(&no_host).map(|r| r.0), Some(StatusCode::BAD_REQUEST));
+        // HTTP/1.0 may omit Host; an absolute target or HTTP/2's :authority names the host.
+        *no_host.version_mut() = Version::HTTP_10;
+        assert_eq!(refused(&no_host), None);
+        assert_eq!(refused(&req("http://mail.example.test/", &[])), None);
+        assert_eq!(refused(&req("/", &["mail.example.test"])), None);
     }
 
     #[test]

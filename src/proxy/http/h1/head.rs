@@ -113,8 +113,9 @@ impl Head {
             self.fields.push((range(buf, f.name.as_bytes()), range(buf, f.value)));
         }
         self.digest(buf, true);
-        // Origin form only: absolute form, `*` and CONNECT are left to hyper.
-        if !path.starts_with('/') || method == "CONNECT" || minor != 1 {
+        // Origin form only: absolute form, `*` and CONNECT are left to hyper, and so is an
+        // HTTP/1.1 request without Host, which hyper's path answers 400.
+        if !path.starts_with('/') || method == "CONNECT" || minor != 1 || self.host.is_none() {
             self.unusual = true;
         }
         Parsed::Done
@@ -321,7 +322,7 @@ mod tests {
     #[test]
     fn framing_of_requests() {
         assert_eq!(req("POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n").0.framing, Some(Framing::Length(12)));
-        let (h, b) = req("POST / HTTP/1.1\r\ntransfer-encoding: Chunked\r\n\r\n");
+        let (h, b) = req("POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding: Chunked\r\n\r\n");
         assert_eq!(h.framing, Some(Framing::Chunked));
         assert!(!h.unusual);
         let mut out = Vec::new();
@@ -340,16 +341,18 @@ mod tests {
             "GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
             "OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "CONNECT mail.example.test:443 HTTP/1.1\r\nHost: mail.example.test:443\r\n\r\n",
         ] {
             assert!(req(unusual).0.unusual, "{unusual}");
         }
         // The same length twice is one length.
-        let (h, b) = req("POST / HTTP/1.1\r\nContent-Length: 3\r\ncontent-length: 3\r\n\r\n");
+        let (h, b) = req("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\ncontent-length: 3\r\n\r\n");
         assert_eq!((h.framing, h.unusual), (Some(Framing::Length(3)), false));
         // ... and is forwarded once.
         let mut out = Vec::new();
         h.write_request(&b, &mut out, &[]);
-        assert_eq!(String::from_utf8(out).unwrap(), "POST / HTTP/1.1\r\nContent-Length: 3\r\n");
+        assert_eq!(String::from_utf8(out).unwrap(), "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n");
     }
 
     #[test]
