@@ -69,8 +69,31 @@ pub struct Metrics {
     http2_active_streams: Family<ServiceLabels, Gauge>,
     tls_handshakes: Family<ServiceLabels, Counter>,
     tls_handshake_failures: Family<ServiceLabels, Counter>,
+    service_active: Family<ServiceLabels, Gauge>,
+    service_limit: Family<ServiceLabels, Gauge>,
+    service_refused: Family<RefusedLabels, Counter>,
     sip: SipMetrics,
     pub reload: ReloadMetrics,
+    pub limits: LimitMetrics,
+}
+
+/// Client connections and descriptors against their limits, process-wide.
+#[derive(Clone, Default)]
+pub struct LimitMetrics {
+    /// Client connections open, all services together.
+    pub connections: Gauge,
+    /// `global.max_connections` (or its default).
+    pub connections_limit: Gauge,
+    /// Descriptors the data path holds (set when scraped) and may hold.
+    pub descriptors: Gauge,
+    pub descriptors_limit: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub service: String,
+    /// max_connections (global), service_max_connections, descriptors
+    pub reason: &'static str,
 }
 
 /// The outcome of configuration reloads (Prometheus' own naming for these).
@@ -189,6 +212,31 @@ impl HttpServiceMetrics {
 pub struct ServiceMetrics {
     pub connections: Counter,
     pub no_server: Counter,
+    /// Client connections open on the service (its `max_connections` counts on this).
+    pub active: Gauge,
+    refused: Family<RefusedLabels, Counter>,
+    limit: Family<ServiceLabels, Gauge>,
+    service: String,
+}
+
+impl ServiceMetrics {
+    /// Counts a connection refused at a limit.
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&RefusedLabels { service: self.service.clone(), reason }).inc();
+    }
+
+    /// Publishes the service's `max_connections` (none: no series).
+    pub fn set_limit(&self, limit: Option<usize>) {
+        let l = ServiceLabels { service: self.service.clone() };
+        match limit {
+            Some(n) => {
+                self.limit.get_or_create(&l).set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            None => {
+                self.limit.remove(&l);
+            }
+        }
+    }
 }
 
 /// Handles for one server of one pool, cached in the running state.
@@ -230,6 +278,10 @@ impl Metrics {
             http2_active_streams: Family::default(),
             tls_handshakes: Family::default(),
             tls_handshake_failures: Family::default(),
+            service_active: Family::default(),
+            service_limit: Family::default(),
+            service_refused: Family::default(),
+            limits: LimitMetrics::default(),
             sip: SipMetrics::default(),
             reload: ReloadMetrics::default(),
             registry: Registry::default(),
@@ -306,6 +358,41 @@ impl Metrics {
             "service_connections",
             "Connections accepted by a service",
             m.service_connections.clone(),
+        );
+        registry.register(
+            "service_connections_active",
+            "Client connections open on a service",
+            m.service_active.clone(),
+        );
+        registry.register(
+            "service_connections_limit",
+            "A service's max_connections (only for services that set one)",
+            m.service_limit.clone(),
+        );
+        registry.register(
+            "service_connections_refused",
+            "Client connections closed at once at a limit, by reason (max_connections, service_max_connections, descriptors)",
+            m.service_refused.clone(),
+        );
+        registry.register(
+            "connections_active",
+            "Client connections open, all services together",
+            m.limits.connections.clone(),
+        );
+        registry.register(
+            "connections_limit",
+            "global.max_connections (or its default)",
+            m.limits.connections_limit.clone(),
+        );
+        registry.register(
+            "data_path_descriptors",
+            "File descriptors held by client and server connections",
+            m.limits.descriptors.clone(),
+        );
+        registry.register(
+            "data_path_descriptors_limit",
+            "File descriptors the data path may hold: the process limit less what is kept for admin, checks and SIP",
+            m.limits.descriptors_limit.clone(),
         );
         registry.register(
             "service_no_server",
@@ -401,7 +488,15 @@ impl Metrics {
         let l = ServiceLabels { service: service.to_string() };
         let connections = self.service_connections.get_or_create(&l).clone();
         let no_server = self.service_no_server.get_or_create(&l).clone();
-        ServiceMetrics { connections, no_server }
+        let active = self.service_active.get_or_create(&l).clone();
+        ServiceMetrics {
+            connections,
+            no_server,
+            active,
+            refused: self.service_refused.clone(),
+            limit: self.service_limit.clone(),
+            service: service.to_string(),
+        }
     }
 
     pub fn backend(&self, pool: &str, server: &str) -> BackendMetrics {
@@ -454,6 +549,11 @@ impl Metrics {
         let l = ServiceLabels { service: service.to_string() };
         self.service_connections.remove(&l);
         self.service_no_server.remove(&l);
+        self.service_active.remove(&l);
+        self.service_limit.remove(&l);
+        for reason in ["max_connections", "service_max_connections", "descriptors"] {
+            self.service_refused.remove(&RefusedLabels { service: service.to_string(), reason });
+        }
         self.http_request_duration.remove(&l);
         self.http_connection_errors.remove(&l);
         self.http2_active_streams.remove(&l);

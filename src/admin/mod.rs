@@ -34,6 +34,15 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
         .expect("static response parts are valid")
 }
 
+impl Admin {
+    /// Gauges read from counters kept outside the registry (the data path's descriptors
+    /// change with every connection: counted in one atomic, read here when scraped).
+    fn refresh_gauges(&self) {
+        let in_use = crate::net::DATA_PATH.in_use();
+        self.metrics.limits.descriptors.set(i64::try_from(in_use).unwrap_or(i64::MAX));
+    }
+}
+
 fn wants_openmetrics(req: &Request<Incoming>) -> bool {
     req.headers()
         .get_all(hyper::header::ACCEPT)
@@ -97,6 +106,9 @@ impl Admin {
         }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
+        }
+        if req.uri().path() == "/metrics" {
+            self.refresh_gauges();
         }
         match req.uri().path() {
             "/metrics" if wants_openmetrics(&req) => text(

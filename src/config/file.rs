@@ -28,6 +28,8 @@ pub struct GlobalFile {
     pub drain_timeout: Option<Spanned<String>>,
     pub log_level: Option<Spanned<String>>,
     pub threads: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub reserved_descriptors: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +140,7 @@ pub struct ServiceFile {
     pub header_timeout: Option<Spanned<String>>,
     pub response_timeout: Option<Spanned<String>>,
     pub access_log: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

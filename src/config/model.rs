@@ -28,7 +28,15 @@ pub struct GlobalConfig {
     pub log_level: String,
     /// Worker threads; None: `TOKIO_WORKER_THREADS`, else one per CPU.
     pub threads: Option<usize>,
+    /// Client connections at once, all services together; None: half the data path's
+    /// descriptors (each proxied connection holds a client and a server socket).
+    pub max_connections: Option<usize>,
+    /// Descriptors the data path never takes, kept for admin, the control socket, nft and
+    /// logs; health checks (one per server) and SIP (`sip.limits.connections`) come on top.
+    pub reserved_descriptors: usize,
 }
+
+pub const DEFAULT_RESERVED_DESCRIPTORS: usize = 256;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
@@ -294,6 +302,8 @@ pub struct ServiceConfig {
     /// http/https: the server's response head must arrive within this after the request.
     pub response_timeout: Duration,
     pub access_log: AccessLog,
+    /// Client connections of this service at once (none: only the global limit).
+    pub max_connections: Option<usize>,
 }
 
 impl Config {

@@ -431,7 +431,9 @@ pub(super) fn services(
             }
         };
 
+        let max_connections = c.count(&s.max_connections, &field("max_connections"), 1, 10_000_000);
         services.push(ServiceConfig {
+            max_connections,
             name: sname.clone(),
             vips,
             ports,

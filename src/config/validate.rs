@@ -35,6 +35,23 @@ impl Checker<'_> {
         self.errors.push(e);
     }
 
+    /// An optional whole number in `min..=max`; out of range is an error naming the field.
+    pub(super) fn count(
+        &mut self,
+        v: &Option<Spanned<i64>>,
+        field: &str,
+        min: i64,
+        max: i64,
+    ) -> Option<usize> {
+        let v = v.as_ref()?;
+        let n = *v.get_ref();
+        if n < min || n > max {
+            self.err(span(v), field, format!("must be between {min} and {max}"));
+            return None;
+        }
+        usize::try_from(n).ok()
+    }
+
     pub(super) fn duration(
         &mut self,
         v: &Option<Spanned<String>>,
@@ -123,9 +140,13 @@ pub fn validate(file: &FileConfig, path: &Path, src: &str) -> Result<Config, Con
 
     // [global]
     let global = match &file.global {
-        None => {
-            GlobalConfig { drain_timeout: DEFAULT_DRAIN_TIMEOUT, log_level: "info".into(), threads: None }
-        }
+        None => GlobalConfig {
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            log_level: "info".into(),
+            threads: None,
+            max_connections: None,
+            reserved_descriptors: DEFAULT_RESERVED_DESCRIPTORS,
+        },
         Some(g) => {
             let drain_timeout = c.duration(&g.drain_timeout, "global.drain_timeout", DEFAULT_DRAIN_TIMEOUT);
             let log_level = match &g.log_level {
@@ -145,7 +166,11 @@ pub fn validate(file: &FileConfig, path: &Path, src: &str) -> Result<Config, Con
                     None
                 }
             });
-            GlobalConfig { drain_timeout, log_level, threads }
+            let max_connections = c.count(&g.max_connections, "global.max_connections", 1, 10_000_000);
+            let reserved_descriptors = c
+                .count(&g.reserved_descriptors, "global.reserved_descriptors", 16, 1_000_000)
+                .unwrap_or(DEFAULT_RESERVED_DESCRIPTORS);
+            GlobalConfig { drain_timeout, log_level, threads, max_connections, reserved_descriptors }
         }
     };
 

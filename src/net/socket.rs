@@ -7,6 +7,8 @@ use std::time::Duration;
 use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
+
+use super::descriptors::{FdSlot, DATA_PATH};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// Where an upstream connection leaves from.
@@ -68,7 +70,13 @@ pub async fn connect_upstream(
     server: SocketAddr,
     source: UpstreamSource,
     timeout: Duration,
-) -> io::Result<TcpStream> {
+) -> io::Result<(TcpStream, FdSlot)> {
+    // Counted before the socket exists: past the data path's budget no descriptor is taken.
+    let slot = DATA_PATH.take().ok_or_else(|| {
+        io::Error::other(
+            "the data path's share of the descriptor limit is used up (see portier_data_path_descriptors)",
+        )
+    })?;
     let sock = if server.is_ipv6() { TcpSocket::new_v6()? } else { TcpSocket::new_v4()? };
     match source {
         UpstreamSource::Client(ip) => {
@@ -86,7 +94,7 @@ pub async fn connect_upstream(
     }
     sock.set_nodelay(true)?;
     match tokio::time::timeout(timeout, sock.connect(server)).await {
-        Ok(r) => r,
+        Ok(r) => r.map(|s| (s, slot)),
         Err(_) => {
             Err(io::Error::new(io::ErrorKind::TimedOut, format!("connect timed out after {timeout:?}")))
         }

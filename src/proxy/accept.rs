@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::admission::{admit, ConnectionLimit};
 use super::http::{self, HttpService};
 use super::{tcp, Drain};
 use crate::net::ClientAddr;
@@ -40,11 +41,13 @@ pub async fn accept_loop(
     listener: TcpListener,
     serving: Arc<ArcSwap<Serving>>,
     drain: Arc<Drain>,
+    limit: Arc<ConnectionLimit>,
     stop: watch::Receiver<bool>,
     mut close: watch::Receiver<bool>,
 ) {
     // Out of descriptors the same error repeats every back-off: one line a second says it.
     let accept_log = LogLimiter::default();
+    let refused_log = LogLimiter::default();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -58,10 +61,27 @@ pub async fn accept_loop(
                 refuse(&stream, peer, "direct loopback connection refused")
             }
             Ok((stream, peer)) => {
-                let guard = drain.enter();
                 let serving = serving.load_full();
+                let admitted = match admit(&limit, serving.service()) {
+                    Ok(a) => a,
+                    Err(reason) => {
+                        let svc = serving.service();
+                        svc.metrics.refused(reason);
+                        if refused_log.allow() {
+                            tracing::warn!(
+                                service = %svc.config.name, client = %peer, limit = reason,
+                                held_back = refused_log.take_suppressed(),
+                                "connection reset at a limit (see portier_service_connections_refused_total)"
+                            );
+                        }
+                        refuse(&stream, peer, "over a connection limit");
+                        continue;
+                    }
+                };
+                let guard = drain.enter();
                 let stop = stop.clone();
                 tokio::spawn(async move {
+                    let _admitted = admitted;
                     match &*serving {
                         Serving::Tcp(svc) => tcp::handle(stream, ClientAddr(peer), svc).await,
                         Serving::Http(hs) => {

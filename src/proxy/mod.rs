@@ -1,6 +1,7 @@
 //! Proxies: one accept loop, the transparent L4 relay (tcp, TLS passthrough) and the L7 HTTP proxy.
 
 pub mod accept;
+pub mod admission;
 pub mod http;
 pub mod relay;
 pub mod retry;

@@ -52,7 +52,7 @@ pub(crate) async fn handle(client_stream: TcpStream, client: ClientAddr, svc: &S
         let target = server.target(orig.port());
         let mut guard = ActiveGuard::new(server.clone());
         match connect_upstream(target, source, svc.config.connect_timeout).await {
-            Ok(upstream) => {
+            Ok((upstream, _descriptor)) => {
                 guard.connected();
                 let relaying = relay_splice(
                     client_stream,

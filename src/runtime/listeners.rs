@@ -23,6 +23,7 @@ use super::RuntimeError;
 use crate::intercept::listener_addrs;
 use crate::net::transparent_listener;
 use crate::proxy::accept::{accept_loop, Serving};
+use crate::proxy::admission::ConnectionLimit;
 use crate::proxy::Drain;
 use crate::state::State;
 
@@ -85,6 +86,7 @@ impl Listeners {
         state: &State,
         serving: &BTreeMap<String, Arc<Serving>>,
         drain: &Arc<Drain>,
+        limit: &Arc<ConnectionLimit>,
         stop: &watch::Receiver<bool>,
     ) {
         let wanted = wanted(state);
@@ -106,8 +108,14 @@ impl Listeners {
         for (addr, listener) in bound.0 {
             let slot = Arc::new(ArcSwap::new(slot_of(&wanted[&addr])));
             let (close, close_rx) = watch::channel(false);
-            let task =
-                tokio::spawn(accept_loop(listener, slot.clone(), drain.clone(), stop.clone(), close_rx));
+            let task = tokio::spawn(accept_loop(
+                listener,
+                slot.clone(),
+                drain.clone(),
+                limit.clone(),
+                stop.clone(),
+                close_rx,
+            ));
             self.running.insert(addr, Handle { slot, close, task, closing_since: None });
         }
     }

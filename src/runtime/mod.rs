@@ -2,6 +2,7 @@
 //! starts checkers, admin and the control socket, applies reloads, and on a stop drains
 //! connections and removes what it installed. Nothing imports it.
 
+mod limits;
 mod listeners;
 mod reload;
 
@@ -17,6 +18,7 @@ use crate::config::Config;
 use crate::health::driver::Checkers;
 use crate::intercept;
 use crate::metrics::Metrics;
+use crate::proxy::admission::ConnectionLimit;
 use crate::proxy::Drain;
 use crate::state::State;
 use listeners::Listeners;
@@ -46,6 +48,8 @@ pub(crate) struct Running {
     path: std::path::PathBuf,
     metrics: Arc<Metrics>,
     drain: Arc<Drain>,
+    /// Client connections against `global.max_connections`.
+    limit: Arc<ConnectionLimit>,
     stop: watch::Receiver<bool>,
     /// The serving state; admin and the sticky purge read it, a reload swaps it.
     state: Arc<ArcSwap<State>>,
@@ -93,6 +97,8 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
 
     let metrics = Arc::new(Metrics::new());
     let drain = Arc::new(Drain::default());
+    limits::raise_open_file_limit();
+    let limit = Arc::new(ConnectionLimit::new(metrics.limits.connections.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = Arc::new(State::build(config, &metrics));
     let config = state.config.clone();
@@ -131,7 +137,8 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
         config.intercept.route_table
     );
     state.commit(None);
-    listeners.serve(bound, &state, &serving, &drain, &stop_rx);
+    limits::apply(&config, &limit, &metrics);
+    listeners.serve(bound, &state, &serving, &drain, &limit, &stop_rx);
     let mut checkers = Checkers::default();
     checkers.reconcile(&state);
     let shared = Arc::new(ArcSwap::new(state.clone()));
@@ -159,6 +166,7 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
         path: config.path.clone(),
         metrics,
         drain: drain.clone(),
+        limit,
         stop: stop_rx,
         state: shared,
         listeners,

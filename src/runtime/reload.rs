@@ -8,7 +8,7 @@ use std::fmt::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{Running, RuntimeError};
+use super::{limits, Running, RuntimeError};
 use crate::config::{self, Config, Mode};
 use crate::control::ReloadOutcome;
 use crate::intercept;
@@ -132,7 +132,8 @@ impl Running {
             intercept::reload(&old.config, &state.config, &ports).map_err(|e| e.to_string())?;
         }
         // From here on nothing can fail: the new state serves.
-        self.listeners.serve(bound, &state, &serving, &self.drain, &self.stop);
+        limits::apply(&state.config, &self.limit, &self.metrics);
+        self.listeners.serve(bound, &state, &serving, &self.drain, &self.limit, &self.stop);
         self.state.store(state.clone());
         let closing = state.commit(Some(&old));
         if !closing.is_empty() || !Removed::between(&old, &state).is_empty() {

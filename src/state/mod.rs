@@ -178,12 +178,14 @@ impl State {
                         Sticky::ServerCookie { name: name.clone(), table }
                     }
                 });
+                let service_metrics = metrics.service(&s.name);
+                service_metrics.set_limit(s.max_connections);
                 Arc::new(Service {
                     config: s.clone(),
                     pool: s.pool.as_deref().map(pool),
                     routes: s.routes.iter().map(|r| (r.clone(), pool(&r.pool))).collect(),
                     sticky,
-                    metrics: metrics.service(&s.name),
+                    metrics: service_metrics,
                     listener_port,
                     no_server_log: LogLimiter::default(),
                 })

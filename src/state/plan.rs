@@ -51,6 +51,8 @@ pub enum Step {
     DrainTimeout,
     /// `admin.token`.
     AdminToken,
+    /// `global.max_connections` or `global.reserved_descriptors`.
+    ConnectionLimits,
 }
 
 impl fmt::Display for Step {
@@ -81,6 +83,7 @@ impl fmt::Display for Step {
             Step::Sip => write!(f, "sip reconfigured"),
             Step::DrainTimeout => write!(f, "global.drain_timeout changed"),
             Step::AdminToken => write!(f, "admin.token changed"),
+            Step::ConnectionLimits => write!(f, "connection limits changed"),
         }
     }
 }
@@ -139,6 +142,10 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
     }
     if old.admin.token != new.admin.token {
         p.steps.push(Step::AdminToken);
+    }
+    let limits = |g: &crate::config::GlobalConfig| (g.max_connections, g.reserved_descriptors);
+    if limits(&old.global) != limits(&new.global) {
+        p.steps.push(Step::ConnectionLimits);
     }
 
     let old_pools: BTreeMap<&str, &PoolConfig> = old.pools.iter().map(|x| (x.name.as_str(), x)).collect();
@@ -246,6 +253,7 @@ fn service_fields(old: &ServiceConfig, new: &ServiceConfig) -> Vec<&'static str>
     cmp(old.header_timeout != new.header_timeout, "header_timeout");
     cmp(old.response_timeout != new.response_timeout, "response_timeout");
     cmp(old.access_log != new.access_log, "access_log");
+    cmp(old.max_connections != new.max_connections, "max_connections");
     f
 }
 

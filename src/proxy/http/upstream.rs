@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 
 use super::body::RequestBody;
-use crate::net::{connect_upstream, UpstreamSource};
+use crate::net::{connect_upstream, FdSlot, UpstreamSource};
 
 /// An idle pooled connection older than this is closed rather than reused: servers (IIS:
 /// 120 s) close idle keep-alive connections, and a request on a just-closed one would fail.
@@ -164,10 +164,11 @@ fn drive(driver: &tokio::sync::mpsc::UnboundedSender<ConnFuture>, f: ConnFuture)
     }
 }
 
-/// A connection to a server, plain or re-encrypted.
+/// A connection to a server, plain or re-encrypted, with its descriptor's slot in the data
+/// path's budget.
 pub enum ServerIo {
-    Plain(tokio::net::TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+    Plain(tokio::net::TcpStream, FdSlot),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>, FdSlot),
 }
 
 impl tokio::io::AsyncRead for ServerIo {
@@ -177,8 +178,8 @@ impl tokio::io::AsyncRead for ServerIo {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
-            ServerIo::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            ServerIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+            ServerIo::Plain(s, _) => std::pin::Pin::new(s).poll_read(cx, buf),
+            ServerIo::Tls(s, _) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -190,8 +191,8 @@ impl tokio::io::AsyncWrite for ServerIo {
         b: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            ServerIo::Plain(s) => std::pin::Pin::new(s).poll_write(cx, b),
-            ServerIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, b),
+            ServerIo::Plain(s, _) => std::pin::Pin::new(s).poll_write(cx, b),
+            ServerIo::Tls(s, _) => std::pin::Pin::new(s.as_mut()).poll_write(cx, b),
         }
     }
     fn poll_write_vectored(
@@ -200,14 +201,14 @@ impl tokio::io::AsyncWrite for ServerIo {
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            ServerIo::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
-            ServerIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            ServerIo::Plain(s, _) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            ServerIo::Tls(s, _) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
     fn is_write_vectored(&self) -> bool {
         match self {
-            ServerIo::Plain(s) => s.is_write_vectored(),
-            ServerIo::Tls(s) => s.is_write_vectored(),
+            ServerIo::Plain(s, _) => s.is_write_vectored(),
+            ServerIo::Tls(s, _) => s.is_write_vectored(),
         }
     }
     fn poll_flush(
@@ -215,8 +216,8 @@ impl tokio::io::AsyncWrite for ServerIo {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
-            ServerIo::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
-            ServerIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+            ServerIo::Plain(s, _) => std::pin::Pin::new(s).poll_flush(cx),
+            ServerIo::Tls(s, _) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(
@@ -224,8 +225,8 @@ impl tokio::io::AsyncWrite for ServerIo {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
-            ServerIo::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            ServerIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+            ServerIo::Plain(s, _) => std::pin::Pin::new(s).poll_shutdown(cx),
+            ServerIo::Tls(s, _) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -237,10 +238,10 @@ pub async fn open(
     tls: Option<&UpstreamTlsConfig>,
     timeout: Duration,
 ) -> Result<ServerIo, UpstreamError> {
-    let tcp = connect_upstream(key.server, key.source, timeout)
+    let (tcp, slot) = connect_upstream(key.server, key.source, timeout)
         .await
         .map_err(|e| UpstreamError::Connect(key.server, e))?;
-    let Some(t) = tls else { return Ok(ServerIo::Plain(tcp)) };
+    let Some(t) = tls else { return Ok(ServerIo::Plain(tcp, slot)) };
     let name = t.sni.clone().unwrap_or_else(|| ServerName::IpAddress(key.server.ip().into()));
     let connector = tokio_rustls::TlsConnector::from(t.config.clone());
     let stream = tokio::time::timeout(timeout, connector.connect(name, tcp))
@@ -249,7 +250,7 @@ pub async fn open(
             UpstreamError::Tls(key.server, std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))
         })?
         .map_err(|e| UpstreamError::Tls(key.server, e))?;
-    Ok(ServerIo::Tls(Box::new(stream)))
+    Ok(ServerIo::Tls(Box::new(stream), slot))
 }
 
 /// Opens a new HTTP/1.1 connection to `key.server` for hyper's client, within `timeout` for
