@@ -4,6 +4,7 @@
 
 mod limits;
 mod listeners;
+mod memory;
 mod reload;
 
 use std::sync::Arc;
@@ -161,6 +162,7 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
         stop_rx.clone(),
     )));
     tasks.push(tokio::spawn(purge_sticky(shared.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(memory::trim_after_bursts(drain.clone(), metrics.clone(), stop_rx.clone())));
 
     let mut running = Running {
         path: config.path.clone(),
