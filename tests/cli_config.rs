@@ -109,6 +109,40 @@ fn check_loads_every_certificate_key_and_ca_and_warns_of_a_key_anyone_can_read()
     );
 }
 
+/// Needs root (CI runs as root): the check is run again as `nobody`.
+#[test]
+fn check_as_user_finds_a_key_the_service_user_cannot_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // nobody may enter the directory and read the config and the certificate, not the key.
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    certificate(d, "mail", &["mail.example.test"]);
+    let text = format!(
+        "[pools.p]\nservers = [{{ address = \"198.18.2.11\" }}]\n[services.s]\nvip = \"198.19.0.10\"\nports = [443]\nmode = \"https\"\npool = \"p\"\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
+        d.join("mail.pem").display(),
+        d.join("mail.key").display()
+    );
+    let config = d.join("check.toml");
+    std::fs::write(&config, text).unwrap();
+    let config = config.to_str().unwrap();
+    let (code, _, err) = portier(&["check", "--config", config]);
+    assert_eq!(code, 0, "root reads the 0600 key: {err}");
+    let (code, out, err) = portier(&["check", "--config", config, "--as-user", "nobody"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("mail.key") && err.contains("ermission denied"), "{err}");
+    assert!(err.contains("fails as user nobody"), "{err}");
+    // Readable by the group nobody is in (nogroup): passes.
+    std::os::unix::fs::chown(d.join("mail.key"), None, Some(65534)).unwrap();
+    std::fs::set_permissions(d.join("mail.key"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let (code, out, err) = portier(&["check", "--config", config, "--as-user", "nobody"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(": OK") && out.contains("checked as user nobody (uid 65534"), "{out}");
+    let (code, _, err) = portier(&["check", "--config", config, "--as-user", "no-such-user-here"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no user named `no-such-user-here`"), "{err}");
+}
+
 const POOL: &str = "[pools.p]\nservers = [{ address = \"198.18.2.11\" }]\n";
 
 fn svc(extra: &str) -> String {

@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::relay::{drive, RelayEnd, RelayStats};
+use crate::net::{FdSlot, DATA_PATH};
 
 /// Tuning for [`relay_splice_with`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +146,8 @@ struct Pipe {
     write: OwnedFd,
     /// Bytes one splice into the (empty) pipe may ask for.
     cap: usize,
+    /// Its two descriptors in the data path's budget.
+    _slots: (FdSlot, FdSlot),
 }
 
 /// The kernel's default pipe capacity, used when F_GETPIPE_SZ cannot say.
@@ -152,6 +155,10 @@ const DEFAULT_PIPE: usize = 64 * 1024;
 
 impl Pipe {
     fn new(size: Option<usize>) -> io::Result<Pipe> {
+        // Out of the data path's descriptors the burst is copied instead (as at EMFILE), so
+        // pipes never eat into what admin and the health checks keep.
+        let budget = || io::Error::other("the data path's descriptor budget is used up");
+        let slots = (DATA_PATH.take().ok_or_else(budget)?, DATA_PATH.take().ok_or_else(budget)?);
         let mut fds: [libc::c_int; 2] = [-1, -1];
         // SAFETY: `fds` is a writable array of two c_ints, exactly what pipe2 fills in.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
@@ -168,7 +175,7 @@ impl Pipe {
         // SAFETY: plain fcntl query on a pipe fd we own.
         let cap = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) };
         let cap = usize::try_from(cap).ok().filter(|&c| c > 0).unwrap_or(DEFAULT_PIPE);
-        Ok(Pipe { read, write, cap })
+        Ok(Pipe { read, write, cap, _slots: slots })
     }
 }
 

@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 use crate::config::{self, format_duration, Config, Source, StickyBy};
 use crate::intercept;
 
+mod as_user;
+
 #[derive(Parser, Debug)]
 #[command(name = "portier", version, about = "Transparent L4 load balancer for Microsoft UC estates")]
 pub struct Cli {
@@ -21,10 +23,14 @@ pub enum Command {
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
-    /// Validate a configuration file and print a summary.
+    /// Validate a configuration file and every file it names, and print a summary.
     Check {
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
+        /// Check again as this user (the service's), so a key it cannot read is found now.
+        /// Needs root.
+        #[arg(long, value_name = "USER")]
+        as_user: Option<String>,
     },
     /// Print the nftables ruleset and policy routing `run` would install.
     Nft {
@@ -255,7 +261,20 @@ fn control_socket_of(path: &std::path::Path) -> PathBuf {
 
 pub fn main_with(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Check { config } => {
+        Command::Check { config, as_user: Some(name) } => {
+            let user = as_user::lookup(&name).map_err(|e| anyhow::Error::new(Refused(e.to_string())))?;
+            let status =
+                as_user::check_as(&user, &config).map_err(|e| anyhow::Error::new(Refused(e.to_string())))?;
+            if !status.success() {
+                return Err(anyhow::Error::new(Refused(format!(
+                    "the check fails as user {} (uid {}): the service could not load what is named above",
+                    user.name, user.uid
+                ))));
+            }
+            println!("checked as user {} (uid {}, gid {})", user.name, user.uid, user.gid);
+            Ok(())
+        }
+        Command::Check { config, as_user: None } => {
             let c = load(&config)?;
             let files = check_files(&c);
             for w in &files.warnings {
