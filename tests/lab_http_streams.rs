@@ -858,7 +858,8 @@ fn timeouts_and_dead_servers_give_504_503_502_and_connect_failures_retry() {
     let log = h.portier.log();
     assert!(
         log.lines()
-            .any(|l| l.contains("upstream failed") && l.contains("198.18.2.11:81") && l.contains("refused")),
+            // One line a second for the service: for whichever server failed first.
+            .any(|l| l.contains("upstream failed") && l.contains(":81") && l.contains("refused")),
         "{log}"
     );
     std::thread::sleep(Duration::from_millis(300));

@@ -79,29 +79,33 @@ fn max_connections_per_service_and_in_all_refuse_and_count() {
 }
 
 #[test]
-fn at_the_data_paths_share_of_descriptors_admin_and_checks_keep_working() {
-    // A high max_connections: the descriptors are what runs out.
+fn at_the_data_paths_share_of_descriptors_admin_checks_and_sip_keep_working() {
+    // A high max_connections: the descriptors are what runs out. SIP on the client side.
+    let sip =
+        "[sip]\nlisten = [\"udp:198.18.1.1:5060\", \"tcp:198.18.1.1:5060\"]\ndomain = \"pbx.example.test\"\n\
+               limits = { connections = 50 }\n";
     let s = setup(
         LabSpec::default(),
         &[135],
-        &config("max_connections = 100000\nreserved_descriptors = 100", ""),
+        &format!("{}{sip}", config("max_connections = 100000\nreserved_descriptors = 100", "")),
     );
     let pid = s.portier.pid().unwrap().to_string();
-    // The soft limit lowered, then a reload works out the budget again: 400 - 100 - 2 servers.
+    // The soft limit lowered, then a reload works out the budget again: 400 - 100 - 2 servers
+    // - 50 SIP connections.
     let st = std::process::Command::new("prlimit").args(["--pid", &pid, "--nofile=400:"]).status().unwrap();
     assert!(st.success());
     let (code, out) = s.portier.reload(exe()).unwrap();
     assert_eq!(code, 0, "{out}");
-    wait_for_metric(&s, "portier_data_path_descriptors_limit", &[], 298.0);
-    // Each connection holds two descriptors: 149 fit.
+    wait_for_metric(&s, "portier_data_path_descriptors_limit", &[], 248.0);
+    // Each connection holds two descriptors: 124 fit.
     let mut held = Vec::new();
     while let Some(c) = greeted(&s, 135) {
         held.push(c);
-        assert!(held.len() <= 149, "more connections than the data path has descriptors for");
+        assert!(held.len() <= 124, "more connections than the data path has descriptors for");
     }
-    assert_eq!(held.len(), 149, "{}", s.portier.log_tail());
+    assert_eq!(held.len(), 124, "{}", s.portier.log_tail());
     let m = s.metrics();
-    assert_eq!(metric(&m, "portier_data_path_descriptors", &[]), 298.0, "{m}");
+    assert_eq!(metric(&m, "portier_data_path_descriptors", &[]), 248.0, "{m}");
     assert!(
         metric(
             &m,
@@ -117,6 +121,30 @@ fn at_the_data_paths_share_of_descriptors_admin_and_checks_keep_working() {
     assert_eq!(metric(&m, "portier_backend_up", &["server=\"198.18.2.12\""]), 1.0, "{m}");
     let (code, out) = s.portier.reload(exe()).unwrap();
     assert_eq!(code, 0, "reload with the data path full: {out}");
+    // SIP answers over UDP and accepts a TCP connection from its own reserve.
+    let answer = s
+        .lab
+        .client
+        .run(|| {
+            let sock = std::net::UdpSocket::bind("198.18.1.2:0").unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let local = sock.local_addr().unwrap();
+            let options = format!(
+                "OPTIONS sip:pbx.example.test SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKfull\r\nMax-Forwards: 70\r\n\
+                 From: <sip:probe@pbx.example.test>;tag=p\r\nTo: <sip:pbx.example.test>\r\nCall-ID: full@lab\r\nCSeq: 1 OPTIONS\r\n\
+                 Content-Length: 0\r\n\r\n"
+            );
+            sock.send_to(options.as_bytes(), "198.18.1.1:5060").unwrap();
+            let mut buf = [0u8; 4096];
+            let n = sock.recv(&mut buf).unwrap_or(0);
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        })
+        .unwrap();
+    assert!(answer.starts_with("SIP/2.0 200"), "SIP OPTIONS with the data path full: {answer:?}");
+    let sip_tcp =
+        portier::lab::connect(&s.lab.client, Some(c4(0)), "198.18.1.1:5060".parse().unwrap(), T).unwrap();
+    wait_for_metric(&s, "portier_sip_connections", &[], 1.0);
+    drop(sip_tcp);
     drop(held);
     wait_for_metric(&s, "portier_data_path_descriptors", &[], 0.0);
     assert!(greeted(&s, 135).is_some(), "served again");

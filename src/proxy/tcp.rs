@@ -89,7 +89,10 @@ pub(crate) async fn handle(client_stream: TcpStream, client: ClientAddr, svc: &S
             }
             Err(e) => {
                 server.metrics.connect_errors.inc();
-                tracing::warn!(service = %svc.config.name, %client, server = %server.label, %target, "connect failed, trying another server: {e}");
+                if svc.connect_error_log.allow() {
+                    let held_back = svc.connect_error_log.take_suppressed();
+                    tracing::warn!(service = %svc.config.name, %client, server = %server.label, %target, held_back, "connect failed, trying another server: {e}");
+                }
                 attempts.failed(i);
             }
         }

@@ -44,6 +44,9 @@ pub struct Service {
     pub listener_port: u16,
     /// At most one "no server available" line per second, with a count of those skipped.
     pub no_server_log: LogLimiter,
+    /// The same for failed server connects (a dead server, or no descriptor left: per
+    /// connection otherwise); `portier_backend_connect_errors_total` counts every one.
+    pub connect_error_log: LogLimiter,
 }
 
 impl Service {
@@ -188,6 +191,7 @@ impl State {
                     metrics: service_metrics,
                     listener_port,
                     no_server_log: LogLimiter::default(),
+                    connect_error_log: LogLimiter::default(),
                 })
             })
             .collect();

@@ -169,7 +169,10 @@ impl HttpService {
                 }
                 Err(e) => {
                     server.metrics.connect_errors.inc();
-                    tracing::warn!(service = %svc.config.name, %client, server = %server.label, "upstream failed, trying another server: {e}");
+                    if svc.connect_error_log.allow() {
+                        let held_back = svc.connect_error_log.take_suppressed();
+                        tracing::warn!(service = %svc.config.name, %client, server = %server.label, held_back, "upstream failed, trying another server: {e}");
+                    }
                     attempts.failed(i);
                 }
             }
