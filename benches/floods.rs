@@ -9,7 +9,9 @@
 //!   descriptor limit of this machine);
 //! - 60,000 INVITEs without credentials at 3,000 a second from one address, never ACKed;
 //! - 16,000 SIP/TCP connections from 160 addresses that send nothing, at the default
-//!   `[sip.limits]` (4,000 in all, 100 per source), then with the limits raised so all are held.
+//!   `[sip.limits]` (4,000 in all, 100 per source), then with the limits raised so all are held;
+//! - HTTP/2 many streams at once: h2load, 100 connections with 100 concurrent streams each,
+//!   200,000 requests over TLS to an nginx backend.
 
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
@@ -96,14 +98,52 @@ fn open(ns: &Netns, to: SocketAddr, n: usize, per: usize) -> Vec<TcpStream> {
     .expect("netns")
 }
 
-fn config(sip_limits: &str) -> String {
+fn config(sip_limits: &str, tls: &std::path::Path) -> String {
     format!(
         "[pools.sink]\nservers = [{{ address = \"198.18.2.11\" }}]\n\
          [services.rpc]\nvip = \"{VIP_V4}\"\nports = [135]\npool = \"sink\"\n\
+         [pools.web]\nservers = [{{ address = \"198.18.2.11:80\" }}]\n\
+         [services.web]\nvip = \"{VIP_V4}\"\nports = [443]\nmode = \"https\"\npool = \"web\"\naccess_log = \"off\"\n\
+         certificates = [{{ cert = \"{d}/web.pem\", key = \"{d}/web.key\" }}]\n\
          [sip]\nlisten = [\"udp:{b}:5060\", \"tcp:{b}:5060\"]\ndomain = \"pbx.example.test\"\n{sip_limits}\n\
          [sip.extensions]\n2001 = {{ secret = \"s3cret-2001\" }}\n2002 = {{ secret = \"s3cret-2002\" }}\n",
-        b = BALANCER_CLIENT_SIDE_V4
+        b = BALANCER_CLIENT_SIDE_V4,
+        d = tls.display()
     )
+}
+
+/// A self-signed certificate for the HTTPS service, and nginx on :80 in the backend.
+fn web(ns: &Netns, dir: &std::path::Path) -> std::process::Child {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["web.example.test".to_string()]).expect("params").self_signed(&key).expect("cert");
+    std::fs::write(dir.join("web.pem"), cert.pem()).expect("cert");
+    std::fs::write(dir.join("web.key"), key.serialize_pem()).expect("key");
+    let d = dir.display();
+    let conf = format!(
+        "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  access_log off;\n  \
+         client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  \
+         scgi_temp_path {d}/scgi;\n  server {{ listen 80; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n"
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).expect("nginx.conf");
+    ns.command("nginx")
+        .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf"), "-g", "daemon off;"])
+        .spawn()
+        .expect("nginx (Debian package nginx)")
+}
+
+fn h2(lab: &Lab, pid: u32) -> Row {
+    let before = rss_kib(pid);
+    let peak = Peak::watch(pid);
+    let out = lab
+        .client
+        .command("h2load")
+        .args(["-n", "200000", "-c", "100", "-m", "100", &format!("https://{VIP_V4}/")])
+        .output()
+        .expect("h2load (Debian package nghttp2-client)");
+    let peak = peak.finish();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let done = text.lines().find(|l| l.starts_with("requests:")).unwrap_or("requests: ?").trim().to_string();
+    Row { flood: "HTTP/2: 100 connections x 100 streams, 200,000 requests".into(), before, peak, after: settle(pid), note: done }
 }
 
 fn settle(pid: u32) -> u64 {
@@ -212,20 +252,23 @@ fn main() {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_portier")));
     let lab = Lab::build(&LabSpec { backends: 1, extra_clients: 160 }).expect("lab (needs root)");
     let held = sink(&lab.backends[0], "198.18.2.11:135".parse().unwrap());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nginx = web(&lab.backends[0], dir.path());
     let mut rows = Vec::new();
 
-    let p = PortierProcess::start(&lab.balancer, &exe, &config(""), ADMIN).expect("portier start");
+    let p = PortierProcess::start(&lab.balancer, &exe, &config("", dir.path()), ADMIN).expect("portier start");
     std::thread::sleep(Duration::from_secs(2));
     let pid = p.pid().expect("pid");
     rows.push(l4(&lab, &held, pid));
     rows.push(invites(&lab, pid));
     rows.push(sip_tcp(&lab, pid, "default limits"));
+    rows.push(h2(&lab, pid));
     drop(p);
     std::thread::sleep(Duration::from_secs(1));
 
     // A build from before `[sip.limits]` refuses the field: the row is left out then.
     let raised = "limits = { connections = 17000, connections_per_source = 200 }";
-    match PortierProcess::start(&lab.balancer, &exe, &config(raised), ADMIN) {
+    match PortierProcess::start(&lab.balancer, &exe, &config(raised, dir.path()), ADMIN) {
         Ok(p) => {
             std::thread::sleep(Duration::from_secs(2));
             let pid = p.pid().expect("pid");
@@ -235,6 +278,10 @@ fn main() {
         Err(e) => eprintln!("no [sip.limits] in this build: {e}"),
     }
 
+    // SIGTERM to the master stops its worker too (SIGKILL would leave the worker behind).
+    // SAFETY: kill(2) on a child we spawned and have not reaped.
+    unsafe { libc::kill(nginx.id() as libc::pid_t, libc::SIGTERM) };
+    let _ = nginx.wait();
     let mib = |kb: u64| kb as f64 / 1024.0;
     println!("| flood | RSS before | peak | {} s after | peak growth | after - before | |", SETTLE.as_secs());
     println!("| --- | --- | --- | --- | --- | --- | --- |");
