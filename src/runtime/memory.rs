@@ -21,11 +21,13 @@ pub fn should_trim(peak: usize, now: usize) -> bool {
     peak >= now + MIN_DROP && now <= peak / 2
 }
 
-/// What holds memory in bulk: client connections, SIP connections and SIP transactions.
+/// What holds memory in bulk: client and server connections (the data path's descriptors:
+/// an HTTP/2 client can hold a hundred server connections), SIP connections and transactions.
 fn load(drain: &Drain, metrics: &Metrics) -> usize {
     let sip = metrics.sip();
     let gauge = |g: i64| usize::try_from(g).unwrap_or(0);
-    drain.active() + gauge(sip.connections.get()) + gauge(sip.transactions.get())
+    let data_path = crate::net::DATA_PATH.in_use().max(drain.active());
+    data_path + gauge(sip.connections.get()) + gauge(sip.transactions.get())
 }
 
 fn rss_kb() -> u64 {
