@@ -79,17 +79,24 @@ pub async fn accept_loop(
                     }
                 };
                 let guard = drain.enter();
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    let _admitted = admitted;
-                    match &*serving {
-                        Serving::Tcp(svc) => tcp::handle(stream, ClientAddr(peer), svc).await,
-                        Serving::Http(hs) => {
-                            http::connection(stream, ClientAddr(peer), hs.clone(), stop).await
-                        }
+                // One task shape per kind: an L4 connection's task must not be sized for the
+                // HTTP connection's state machine (about 4 KiB against 8.6 KiB).
+                match &*serving {
+                    Serving::Tcp(svc) => {
+                        let svc = svc.clone();
+                        tokio::spawn(async move {
+                            tcp::handle(stream, ClientAddr(peer), &svc).await;
+                            drop((admitted, guard));
+                        });
                     }
-                    drop(guard);
-                });
+                    Serving::Http(hs) => {
+                        let (hs, stop) = (hs.clone(), stop.clone());
+                        tokio::spawn(async move {
+                            http::connection(stream, ClientAddr(peer), hs, stop).await;
+                            drop((admitted, guard));
+                        });
+                    }
+                }
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
