@@ -145,14 +145,16 @@ pub(super) async fn accept_loop(
         let tx = tx.clone();
         let acceptor = acceptor.clone();
         let metrics = limits.metrics.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            if tx.send(Inbound::Opened { id, transport, peer, writer: w.clone() }).await.is_err() {
-                return;
-            }
-            let conn = Connection { id, transport, peer, writer: w, queue: r, tx, timeouts, metrics };
-            match (transport, acceptor) {
-                (SipTransport::Tls, Some(a)) => {
+        let opened = Inbound::Opened { id, transport, peer, writer: w.clone() };
+        let conn = Connection { id, transport, peer, writer: w, queue: r, tx, timeouts, metrics };
+        // One task shape per transport: a TCP connection's task is not sized for TLS's.
+        match (transport, acceptor) {
+            (SipTransport::Tls, Some(a)) => {
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    if conn.tx.send(opened).await.is_err() {
+                        return;
+                    }
                     match tokio::time::timeout(CONNECT_TIMEOUT, a.accept(s)).await {
                         Ok(Ok(s)) => conn.serve(s).await,
                         _ => {
@@ -160,10 +162,17 @@ pub(super) async fn accept_loop(
                             let _ = conn.tx.send(Inbound::Closed(id)).await;
                         }
                     }
-                }
-                _ => conn.serve(s).await,
+                });
             }
-        });
+            _ => {
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    if conn.tx.send(opened).await.is_ok() {
+                        conn.serve(s).await;
+                    }
+                });
+            }
+        }
     }
 }
 
