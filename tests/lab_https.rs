@@ -95,6 +95,17 @@ fn https_terminated_by_sni_over_h1_and_h2_reencrypted_to_backends_that_see_the_c
     let answered = metric(&m, "portier_http_requests_total", &["service=\"exchange-https\"", "code=\"2xx\""]);
     assert_eq!(answered, 104.0, "{m}");
     assert_eq!(metric(&m, "portier_http2_active_streams", &["service=\"exchange-https\""]), 0.0, "{m}");
+    // 100 streams at once per connection, announced in SETTINGS, as HAProxy and nginx.
+    let out = l
+        .lab
+        .client
+        .command("timeout")
+        .args(["10", "nghttp", "-nv", "--no-verify-peer"])
+        .arg("https://198.19.0.10/")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("SETTINGS_MAX_CONCURRENT_STREAMS(0x03):100]"), "{text}");
 }
 
 #[test]

@@ -309,7 +309,14 @@ async fn serve<IO>(
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(None).max_buf_size(MAX_HEAD.max(8192));
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEAD as u32);
+    // 100 streams at once per connection, as HAProxy (tune.h2.max-concurrent-streams) and
+    // nginx (http2_max_concurrent_streams) allow: each in-flight stream holds a server
+    // connection of its own (about 33 KiB), so this bounds what one client can make us hold.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEAD as u32)
+        .max_concurrent_streams(H2_MAX_STREAMS);
     // Boxed (not pinned on the stack) so it can be dropped before the driver is handed off.
     let mut conn = Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
     let idle = hs.svc.config.idle_timeout;
@@ -414,6 +421,9 @@ async fn serve_any<IO>(
 }
 
 /// One client connection of an http, https or redirect service.
+/// Concurrent streams per HTTP/2 connection.
+const H2_MAX_STREAMS: u32 = 100;
+
 pub(crate) async fn connection(
     stream: TcpStream,
     client: ClientAddr,
