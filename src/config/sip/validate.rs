@@ -203,13 +203,8 @@ pub(in crate::config) fn validate_sip(c: &mut Checker<'_>, f: &SipFile) -> SipCo
 fn limits(c: &mut Checker<'_>, f: Option<&LimitsFile>) -> SipLimits {
     let d = SipLimits::default();
     let Some(f) = f else { return d };
-    let mut count = |v: &Option<Spanned<i64>>, name: &str, default: usize| match v {
-        None => default,
-        Some(n) if *n.get_ref() < 1 || *n.get_ref() > 1_000_000 => {
-            c.err(span(n), format!("sip.limits.{name}"), "must be between 1 and 1000000");
-            default
-        }
-        Some(n) => *n.get_ref() as usize,
+    let mut count = |v: &Option<Spanned<i64>>, name: &str, default: usize| {
+        c.count(v, &format!("sip.limits.{name}"), 1, 1_000_000).unwrap_or(default)
     };
     let mut l = SipLimits {
         transactions: count(&f.transactions, "transactions", d.transactions),
