@@ -27,10 +27,6 @@ impl ConnectionLimit {
     pub fn set_limit(&self, n: usize) {
         self.limit.store(n, Ordering::Relaxed);
     }
-
-    pub fn active(&self) -> usize {
-        self.active.load(Ordering::Relaxed)
-    }
 }
 
 /// What an admitted connection holds until it ends.
@@ -68,19 +64,10 @@ pub fn admit(global: &Arc<ConnectionLimit>, svc: &Service) -> Result<Admitted, &
         return Err("max_connections");
     }
     let active = &svc.metrics.active;
-    let service = match svc.config.max_connections {
-        None => {
-            active.inc();
-            ServicePlace(active.clone())
-        }
-        Some(max) => {
-            let before = active.inc();
-            let p = ServicePlace(active.clone());
-            if usize::try_from(before).unwrap_or(0) >= max {
-                return Err("service_max_connections");
-            }
-            p
-        }
-    };
+    let before = active.inc();
+    let service = ServicePlace(active.clone());
+    if svc.config.max_connections.is_some_and(|max| usize::try_from(before).unwrap_or(0) >= max) {
+        return Err("service_max_connections");
+    }
     Ok(Admitted { _descriptor: descriptor, _global: place, _service: service })
 }

@@ -89,10 +89,10 @@ impl ConnLimits {
     /// A place for a connection from `ip`, or the limit it would pass (counted, logged).
     pub fn admit(&self, peer: SocketAddr) -> Result<(Slot, SipLimits), &'static str> {
         let ip = peer.ip();
-        let refused = {
+        let (refused, limits) = {
             let mut c = self.lock();
             let from_ip = c.per_source.get(&ip).copied().unwrap_or(0);
-            if c.total >= c.limits.connections {
+            let refused = if c.total >= c.limits.connections {
                 Some("connections")
             } else if from_ip >= c.limits.connections_per_source {
                 Some("connections_per_source")
@@ -100,12 +100,13 @@ impl ConnLimits {
                 c.total += 1;
                 *c.per_source.entry(ip).or_default() += 1;
                 None
-            }
+            };
+            (refused, c.limits)
         };
         match refused {
             None => {
                 self.metrics.connections.inc();
-                Ok((Slot { limits: self.clone(), ip }, self.limits()))
+                Ok((Slot { limits: self.clone(), ip }, limits))
             }
             Some(reason) => {
                 self.metrics.refused.get_or_create(&ReasonLabels { reason }).inc();
