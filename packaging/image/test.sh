@@ -7,7 +7,8 @@
 #    `portier doctor` passes, Secure Boot is on, SSH takes the seeded key and refuses passwords;
 # 3. boots the image's own kernel and initramfs in a 128 MB guest and runs `portier lab` in it:
 #    every backend must see its client's address; the guest's memory is sampled throughout;
-# 4. converts the VHDX back to qcow2 and boots it through OVMF with Secure Boot.
+# 4. converts the VHDX back to qcow2 and boots it through OVMF with Secure Boot and a seed
+#    whose configuration `portier check` refuses: the image's own stays and portier runs.
 # Prints one "ok"/"FAIL" line per check, the figures, and exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,7 +19,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --no-build) build=no; shift ;;
     --out) out=$2; shift 2 ;;
-    -h | --help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown argument $1 (see --help)" >&2; exit 1 ;;
   esac
 done
@@ -71,6 +72,11 @@ MTOOLS_SKIP_CHECK=1 mcopy -i "$work/seed.img" "$work/portier.toml" ::/portier.to
 MTOOLS_SKIP_CHECK=1 mcopy -i "$work/seed.img" "$work/id.pub" ::/authorized_keys
 echo portier-test >"$work/hostname"
 MTOOLS_SKIP_CHECK=1 mcopy -i "$work/seed.img" "$work/hostname" ::/hostname
+# A second seed whose configuration portier check refuses (an unknown field): the image's own
+# configuration must stay in place and portier must run with it.
+cp "$work/seed.img" "$work/bad-seed.img"
+sed 's/^token = .*/&\ncolour = "blue"/' "$work/portier.toml" >"$work/bad.toml"
+MTOOLS_SKIP_CHECK=1 mcopy -o -i "$work/bad-seed.img" "$work/bad.toml" ::/portier.toml
 
 ssh_opts=(-i "$work/id" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
   -o LogLevel=ERROR -o ConnectTimeout=10)
@@ -86,7 +92,7 @@ boot() {
   serial=$work/$name.serial
   local args=(-accel tcg -smp 1 -m "$mem" -nographic -no-reboot -monitor none -serial "file:$serial"
     -drive "file=$disk,if=virtio,format=qcow2"
-    -drive "file=$work/seed.img,if=virtio,format=raw,readonly=on"
+    -drive "file=${seed:-$work/seed.img},if=virtio,format=raw,readonly=on"
     -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$admin_port-:9090,hostfwd=tcp:127.0.0.1:$ssh_port-:22"
     -device virtio-net-pci,netdev=n0)
   case "$mode" in
@@ -115,6 +121,29 @@ wait_ready() {
       echo "figure: $name: portier ready $(($(date +%s) - boot_started)) s after qemu started"
       return 0
     fi
+    sleep 2
+  done
+  echo "--- $name serial console (last 40 lines)"
+  tail -n 40 "$serial" || true
+  return 1
+}
+# The same, from inside the guest (a configuration whose admin listener is on loopback).
+wait_ready_inside() {
+  local name=$1 limit=$(($(date +%s) + $2))
+  while [ "$(date +%s)" -lt $limit ]; do
+    if in_guest "$ssh_port" "curl -fsS --max-time 5 http://127.0.0.1:9090/metrics | grep -q '^portier_'"; then
+      echo "figure: $name: portier ready $(($(date +%s) - boot_started)) s after qemu started"
+      return 0
+    fi
+    sleep 2
+  done
+  return 1
+}
+# SSH answering within LIMIT seconds of qemu's start.
+wait_ssh_boot() {
+  local name=$1 limit=$2
+  while [ $(($(date +%s) - boot_started)) -lt "$limit" ]; do
+    in_guest "$ssh_port" true 2>/dev/null && return 0
     sleep 2
   done
   echo "--- $name serial console (last 40 lines)"
@@ -156,12 +185,40 @@ secure_boot_on() { # the kernel's own report of the firmware's Secure Boot state
   in_guest "$ssh_port" "dmesg | grep -q 'secureboot: Secure boot enabled'"
 }
 
+shipped_config_in_place() { in_guest "$ssh_port" cat /etc/portier/portier.toml | cmp -s - configs/portier.toml; }
+refusal_on_console() { grep -q "refused by portier check" "$serial" && grep -q "colour" "$serial"; }
+
 memory_used_mb() { # what the guest uses: MemTotal - MemAvailable
   in_guest "$ssh_port" "awk '/^MemTotal/ {t=\$2} /^MemAvailable/ {a=\$2} END {print int((t-a)/1024)}' /proc/meminfo"
 }
 
 # From here every step is a check that reports and goes on; a failed check returns 1.
 set +e
+
+# run_lab NAME: runs `portier lab` in the guest while sampling the memory the guest uses
+# every 200 ms (MemTotal - MemAvailable); reports the peak.
+run_lab() {
+  local name=$1
+  in_guest "$ssh_port" 'nohup sh -c "while :; do awk '"'"'/^MemTotal/ {t=\$2} /^MemAvailable/ {a=\$2} END {print int((t-a)/1024)}'"'"' /proc/meminfo; sleep 0.2; done" >/run/mem.samples 2>&1 & echo $! >/run/mem.pid'
+  if in_guest "$ssh_port" portier lab --duration 2s >"$work/lab.out" 2>&1; then
+    ok "$name: portier lab passes in the guest"
+  else
+    fail "$name: portier lab passes in the guest"
+    cat "$work/lab.out"
+  fi
+  in_guest "$ssh_port" 'kill $(cat /run/mem.pid)' || true
+  # One row per client and port: client, dialled, backend, peer seen, transparent.
+  local rows
+  rows=$(grep -cE '^[0-9a-f.:]+ +[][0-9a-f.:]+ +cas0[12] +[][0-9a-f.:]+ +yes$' "$work/lab.out")
+  check "$name: every lab connection reached a backend that saw its client's address ($rows of 15)" \
+    test "$rows" -eq 15 || cat "$work/lab.out"
+  local peak
+  peak=$(in_guest "$ssh_port" sort -n /run/mem.samples | tail -n1)
+  echo "figure: $name guest during portier lab: peak $peak MB used"
+  if in_guest "$ssh_port" "dmesg | grep -qi 'out of memory'"; then
+    fail "$name: the guest's kernel reported out of memory"
+  fi
+}
 
 # --- 1. the qcow2, UEFI with Secure Boot ---------------------------------------------------
 qemu-img create -q -f qcow2 -b "$(realpath "$image.qcow2")" -F qcow2 "$work/qcow2.overlay"
@@ -186,21 +243,7 @@ if [ -s "$work/vmlinuz" ] && [ -s "$work/initrd.img" ]; then
       test "$(in_guest "$ssh_port" "awk '/^MemTotal/ {print int(\$2/1024)}' /proc/meminfo")" -le 128
     sleep 10 # let first-boot work settle before the idle figure
     echo "figure: 128 MB guest idle: $(memory_used_mb) MB used (MemTotal - MemAvailable)"
-    # Sample the whole guest's memory every 200 ms while the lab runs; keep the peak.
-    in_guest "$ssh_port" 'nohup sh -c "while :; do awk '"'"'/^MemTotal/ {t=\$2} /^MemAvailable/ {a=\$2} END {print int((t-a)/1024)}'"'"' /proc/meminfo; sleep 0.2; done" >/run/mem.samples 2>&1 & echo $! >/run/mem.pid'
-    if in_guest "$ssh_port" portier lab --duration 2s >"$work/lab.out" 2>&1; then
-      ok "128 MB: portier lab passes in the guest"
-    else
-      fail "128 MB: portier lab passes in the guest"
-      cat "$work/lab.out"
-    fi
-    in_guest "$ssh_port" 'kill $(cat /run/mem.pid)' || true
-    # One row per client and port: client, dialled, backend, peer seen, transparent.
-    yes_rows=$(grep -cE '^[0-9a-f.:]+ +[][0-9a-f.:]+ +cas0[12] +[][0-9a-f.:]+ +yes$' "$work/lab.out")
-    check "128 MB: every lab connection reached a backend that saw its client's address ($yes_rows of 15)" \
-      test "$yes_rows" -eq 15 || cat "$work/lab.out"
-    echo "figure: 128 MB guest during portier lab: peak $(in_guest "$ssh_port" sort -n /run/mem.samples | tail -n1) MB used"
-    in_guest "$ssh_port" dmesg | grep -qi "out of memory" && fail "128 MB: the guest's kernel reported out of memory"
+    run_lab "128 MB"
     stop_guest
   fi
 else
@@ -209,11 +252,18 @@ fi
 
 # --- 3. the VHDX, converted back -----------------------------------------------------------
 qemu-img convert -O qcow2 "$image.vhdx" "$work/from-vhdx.qcow2"
-boot vhdx "$work/from-vhdx.qcow2" 512 uefi
-if check "vhdx: converted back, boots through OVMF (Secure Boot) to portier ready" wait_ready vhdx 300; then
-  check "vhdx: SSH" wait_ssh &&
-    check "vhdx: portier doctor passes in the guest" \
-      in_guest "$ssh_port" portier doctor --config /etc/portier/portier.toml
+# Booted with the seed whose configuration is refused: portier runs with the image's own (its
+# admin listener on the guest's loopback), and the refusal is on the console.
+seed=$work/bad-seed.img boot vhdx "$work/from-vhdx.qcow2" 512 uefi
+if check "vhdx: converted back, boots through OVMF (Secure Boot) to SSH" wait_ssh_boot vhdx 300; then
+  check "vhdx: portier ready with the image's configuration" wait_ready_inside vhdx 120
+  check "vhdx: portier doctor passes in the guest" \
+    in_guest "$ssh_port" portier doctor --config /etc/portier/portier.toml
+  check "vhdx: the refused seed configuration was not installed" \
+    shipped_config_in_place
+  check "vhdx: the refusal names the bad field on the console" \
+    refusal_on_console
+  check "vhdx: Secure Boot is enabled in the guest" secure_boot_on
   stop_guest
 fi
 
