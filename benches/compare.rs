@@ -25,6 +25,8 @@
 //! BENCH_HOLD (5000), BENCH_DOC (1; 0 = do not write docs/PERFORMANCE.md),
 //! BENCH_SCENARIOS (all; comma list of l4,http,close,https,handshake,memory,sip).
 //! BENCH_PORTIER_EXE (this build; another portier binary for before/after figures).
+//! BENCH_PINNED (0; 1 = both proxies started on CPUs 0..N only, portier with no thread
+//! setting, so its default scheduler for N CPUs is what is measured).
 //!
 //! The SIP rows (`sip`, module [`sip`] at the end) run after the others in the same lab, with
 //! their own processes: portier's B2BUA against Kamailio 5.6 as a stateful proxy, sipp at both
@@ -219,6 +221,8 @@ struct Knobs {
     direct_rounds: usize,
     secs: u64,
     threads: Vec<usize>,
+    /// BENCH_PINNED=1: both proxies on CPUs 0..N, portier at its defaults (no thread setting).
+    pinned: bool,
     hold: usize,
     doc: bool,
     only: Option<Vec<String>>,
@@ -241,6 +245,7 @@ impl Knobs {
             direct_rounds: num("BENCH_DIRECT_ROUNDS", 1).max(1) as usize,
             secs: num("BENCH_SECS", 4).max(1),
             threads,
+            pinned: num("BENCH_PINNED", 0) != 0,
             hold: num("BENCH_HOLD", 5000) as usize,
             doc: num("BENCH_DOC", 1) != 0,
             only,
@@ -403,16 +408,22 @@ fn run_web(k: &Knobs, lab: &Lab, tmp: &Path, exe: &Path, res: &mut Results) -> i
     }
     for &n in &k.threads {
         eprintln!("compare: N = {n} worker thread(s)");
-        std::env::set_var("TOKIO_WORKER_THREADS", n.to_string());
-        let mut portier = PortierProcess::start(&lab.balancer, exe, &portier_config(&certs), ADMIN)?;
-        std::env::remove_var("TOKIO_WORKER_THREADS");
         let sock = tmp.join(format!("haproxy-{n}.sock"));
         let cfg = write_haproxy_cfg(tmp, &certs, n, &sock)?;
-        let haproxy = Proc::spawn(
-            "haproxy",
-            lab.balancer.command("haproxy").args(["-db", "-f"]).arg(cfg),
-            &tmp.join(format!("haproxy-{n}.log")),
-        )?;
+        // Both proxies started on N CPUs (`pinned`) or on all of them with portier told N.
+        let (mut portier, haproxy) = on_cpus(k.pinned.then_some(n), || -> io::Result<_> {
+            if !k.pinned {
+                std::env::set_var("TOKIO_WORKER_THREADS", n.to_string());
+            }
+            let portier = PortierProcess::start(&lab.balancer, exe, &portier_config(&certs), ADMIN);
+            std::env::remove_var("TOKIO_WORKER_THREADS");
+            let haproxy = Proc::spawn(
+                "haproxy",
+                lab.balancer.command("haproxy").args(["-db", "-f"]).arg(&cfg),
+                &tmp.join(format!("haproxy-{n}.log")),
+            )?;
+            Ok((portier?, haproxy))
+        })?;
         for t in [Target::Portier, Target::Haproxy] {
             for tls in [false, true] {
                 let c = &lab.client;
@@ -846,6 +857,28 @@ impl Drop for Holder {
 }
 
 /// A helper process in its own process group, killed (with its children) on drop.
+/// Runs `f` on a thread allowed only CPUs 0..n (when given): every process it starts inherits
+/// that affinity, as under `taskset -c 0-(n-1)`.
+fn on_cpus<T: Send>(n: Option<usize>, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                if let Some(n) = n {
+                    let mut set = nix::sched::CpuSet::new();
+                    for cpu in 0..n {
+                        set.set(cpu).expect("CPU index within CpuSet");
+                    }
+                    if let Err(e) = nix::sched::sched_setaffinity(Pid::from_raw(0), &set) {
+                        eprintln!("compare: cannot pin to {n} CPU(s): {e}");
+                    }
+                }
+                f()
+            })
+            .join()
+            .expect("the spawning thread does not panic")
+    })
+}
+
 struct Proc {
     child: Option<Child>,
     name: &'static str,
@@ -1265,8 +1298,7 @@ fn render(k: &Knobs, res: &Results, date: &str, took: Duration) -> String {
     let _ = writeln!(
         s,
         "Command: `sudo ./scripts/bench.sh` (= `cargo build --release && cargo bench --bench compare`), \
-         BENCH_ROUNDS={} BENCH_DIRECT_ROUNDS={} BENCH_SECS={} BENCH_THREADS={} BENCH_HOLD={}. N = worker threads: \
-         portier `TOKIO_WORKER_THREADS=N`, HAProxy `nbthread N`. Each value is the median of {} \
+         BENCH_ROUNDS={} BENCH_DIRECT_ROUNDS={} BENCH_SECS={} BENCH_THREADS={} BENCH_HOLD={}{}. N = {}. Each value is the median of {} \
          rounds run A B A B (portier, HAProxy). The no-proxy limit (client straight to \
          198.18.2.11 through the balancer's kernel routing; the median of {} round(s)) is measured first, before any proxy \
          ran, so no leftover transparent TIME_WAIT socket of a proxy can capture its SYNs. \
@@ -1278,6 +1310,13 @@ fn render(k: &Knobs, res: &Results, date: &str, took: Duration) -> String {
         k.secs,
         k.threads.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","),
         k.hold,
+        if k.pinned { " BENCH_PINNED=1" } else { "" },
+        if k.pinned {
+            "CPUs both proxies may run on (0..N, set as taskset does): portier with no thread \
+             setting (its default for N CPUs), HAProxy `nbthread N`"
+        } else {
+            "worker threads: portier `TOKIO_WORKER_THREADS=N`, HAProxy `nbthread N`"
+        },
         k.rounds,
         k.direct_rounds,
     );

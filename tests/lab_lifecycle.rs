@@ -355,3 +355,37 @@ fn accept_failures_at_the_descriptor_limit_are_logged_once_a_second() {
     let g = portier::lab::greet(&s.lab.client, Some(c4(0)), vip4(135), T).unwrap();
     assert_eq!(g.peer.ip(), c4(0));
 }
+
+/// Without `threads`, the scheduler follows the CPUs the process may use: pinned to one CPU
+/// (taskset, a one-vCPU appliance) it is the current-thread scheduler, else one worker per CPU.
+#[test]
+fn the_default_scheduler_follows_the_cpus_available() {
+    let mut s = setup(LabSpec::default(), &[135], &cfg());
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let expected = if cpus == 1 {
+        "runtime: current-thread scheduler (1 CPU available)".to_string()
+    } else {
+        format!("runtime: {cpus} worker threads (CPUs available)")
+    };
+    assert!(s.portier.log().contains(&expected), "wanted {expected:?} in:\n{}", s.portier.log_tail());
+    assert!(s.portier.stop(Duration::from_secs(10)).unwrap().success());
+
+    // A child inherits the affinity of the thread that forks it.
+    let ns = &s.lab.balancer;
+    let mut p = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let mut one = nix::sched::CpuSet::new();
+                one.set(0).unwrap();
+                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one).unwrap();
+                PortierProcess::start(ns, exe(), &cfg(), ADMIN).unwrap()
+            })
+            .join()
+            .unwrap()
+    });
+    let log = p.log();
+    assert!(log.contains("runtime: current-thread scheduler (1 CPU available)"), "pinned to one CPU:\n{log}");
+    let g = portier::lab::greet(&s.lab.client, Some(c4(0)), vip4(135), T).unwrap();
+    assert_eq!(g.peer.ip(), c4(0), "transparent on the current-thread scheduler");
+    assert!(p.stop(Duration::from_secs(10)).unwrap().success());
+}

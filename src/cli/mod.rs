@@ -8,6 +8,7 @@ use crate::config::{self, format_duration, Config, Source, StickyBy};
 use crate::intercept;
 
 mod as_user;
+mod scheduler;
 
 #[derive(Parser, Debug)]
 #[command(name = "portier", version, about = "Transparent L4 load balancer for Microsoft UC estates")]
@@ -315,21 +316,10 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
             for w in check_files(&c).warnings {
                 tracing::warn!("{w}");
             }
-            let threads = c.global.threads.or_else(|| {
-                std::env::var("TOKIO_WORKER_THREADS")
-                    .ok()
-                    .and_then(|v| v.trim().parse().ok())
-                    .filter(|&n| n > 0)
-            });
-            // One thread: a current-thread runtime, without the work-stealing scheduler's
-            // atomics and cross-thread wake-ups (the single-core appliance case).
-            let rt = match threads {
-                Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
-                Some(n) => {
-                    tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build()?
-                }
-                None => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
-            };
+            let sched =
+                scheduler::choose(c.global.threads, scheduler::environment(), scheduler::available_cpus());
+            tracing::info!("runtime: {sched}");
+            let rt = sched.build()?;
             rt.block_on(crate::runtime::run(c))?;
             Ok(())
         }

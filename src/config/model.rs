@@ -26,7 +26,7 @@ pub struct GlobalConfig {
     pub drain_timeout: Duration,
     /// Default tracing filter, overridden by RUST_LOG.
     pub log_level: String,
-    /// Worker threads; None: `TOKIO_WORKER_THREADS`, else one per CPU.
+    /// Worker threads; None: `TOKIO_WORKER_THREADS`, else one per CPU available (cli::scheduler).
     pub threads: Option<usize>,
     /// Client connections at once, all services together; None: half the data path's
     /// descriptors (each proxied connection holds a client and a server socket).
