@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Builds the portier appliance image from Debian packages:
 #   target/image/portier-VERSION.qcow2   KVM / qemu (compressed)
-#   target/image/portier-VERSION.vhdx    Hyper-V Generation 2 (GPT, UEFI, Secure Boot)
+#   target/image/portier-VERSION.vhdx    Hyper-V: Generation 2 (UEFI, Secure Boot) or 1 (BIOS)
 #   target/image/portier-VERSION.packages  every package and version inside
 # Run as root on Debian 12:
 #   sudo ./packaging/image/build.sh [--out DIR] [--mirror URL] [--security-mirror URL] [--deb F]
 #
 # No loop device, no boot-loader install: mmdebstrap makes the root directory, mkfs.ext4 -d
 # and mtools write the file systems from directories, sfdisk lays out the GPT, qemu-img
-# converts. Boot chain: Microsoft-signed shim -> Debian-signed grub -> Debian-signed kernel.
+# converts. Boot chain under UEFI: Microsoft-signed shim -> Debian-signed grub -> Debian-signed
+# kernel; under BIOS: grub's boot.img in the MBR -> its core image in the BIOS boot partition.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 here=packaging/image
@@ -44,6 +45,8 @@ esp_guid=c12a7328-f81f-11d2-ba4b-00a0c93ec93b      # the EFI System Partition ty
 esp_uuid=0b1d5e44-8c2f-4a57-b6d3-706f72746965
 linux_guid=0fc63daf-8483-4772-8e79-3d69d8477de4    # Linux file system
 root_part_uuid=3e8a4f10-5d26-4f0b-9c71-706f72746965
+bios_guid=21686148-6449-6e6f-744e-656564454649     # BIOS boot partition (grub's core image)
+bios_part_uuid=9b2c4d61-7e0a-4f38-a5c2-706f72746965
 esp_mib=64
 root_mib=2048
 
@@ -82,6 +85,8 @@ cp "$rootfs/usr/lib/shim/mmx64.efi.signed" "$esp/EFI/BOOT/mmx64.efi"
 cp "$rootfs/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed" "$esp/EFI/BOOT/grubx64.efi"
 sed "s/@ROOT_UUID@/$root_uuid/g" "$here/grub.cfg" >"$esp/EFI/debian/grub.cfg"
 cp "$esp/EFI/debian/grub.cfg" "$esp/EFI/BOOT/grub.cfg"
+# BIOS boot reads the same grub.cfg from the root's /boot/grub (core.img's prefix).
+cp "$esp/EFI/debian/grub.cfg" "$rootfs/boot/grub/grub.cfg"
 find "$esp" "$rootfs" -newermt "@$SOURCE_DATE_EPOCH" -print0 | xargs -0r touch -h -d "@$SOURCE_DATE_EPOCH"
 
 mkfs.vfat -C -F 32 -S 512 -s 1 -n EFI -i 504f5254 --invariant "$work/esp.img" $((esp_mib * 1024)) >/dev/null
@@ -93,19 +98,33 @@ done
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mkfs.ext4 -q -F -L portier-root -U "$root_uuid" \
   -E "hash_seed=$root_uuid,root_owner=0:0" -d "$rootfs" "$work/root.img" "${root_mib}M"
 
-# GPT: 1 MiB of header, the ESP, the root partition, 1 MiB for the backup header.
+# GPT: the first MiB holds the headers and, from sector 34, the BIOS boot partition; then the
+# ESP, the root partition, 1 MiB for the backup header.
 raw=$work/disk.raw
 total_mib=$((1 + esp_mib + root_mib + 1))
 truncate -s "${total_mib}M" "$raw"
+core=$rootfs/boot/grub/core.img
+core_sectors=$((($(stat -c %s "$core") + 511) / 512))
+[ "$core_sectors" -le 2014 ] || { echo "build.sh: grub's core image ($core_sectors sectors) exceeds the BIOS boot partition" >&2; exit 1; }
 sfdisk --quiet "$raw" <<EOF
 label: gpt
 label-id: $disk_guid
-first-lba: 2048
+first-lba: 34
 start=2048, size=$((esp_mib * 2048)), type=$esp_guid, uuid=$esp_uuid, name="EFI System"
 start=$((2048 + esp_mib * 2048)), size=$((root_mib * 2048)), type=$linux_guid, uuid=$root_part_uuid, name="portier root"
+start=34, size=2014, type=$bios_guid, uuid=$bios_part_uuid, name="BIOS boot"
 EOF
 dd if="$work/esp.img" of="$raw" bs=1M seek=1 conv=notrunc,sparse status=none
 dd if="$work/root.img" of="$raw" bs=1M seek=$((1 + esp_mib)) conv=notrunc,sparse status=none
+# BIOS: the core image at sector 34, told where its own second sector is (the blocklist at
+# byte 500 of its first sector); boot.img's code (440 bytes: the protective MBR's disk
+# signature and partition table stay) in sector 0, told where the core image starts (byte
+# 0x5c). What grub-install does, without a device.
+le64() { perl -e 'print pack("Q<", $ARGV[0])' "$1"; }
+dd if="$core" of="$raw" bs=512 seek=34 conv=notrunc status=none
+le64 35 | dd of="$raw" bs=1 seek=$((34 * 512 + 500)) conv=notrunc status=none
+dd if="$rootfs/usr/lib/grub/i386-pc/boot.img" of="$raw" bs=1 count=440 conv=notrunc status=none
+le64 34 | dd of="$raw" bs=1 seek=$((0x5c)) conv=notrunc status=none
 
 name=portier-$version
 cp "$rootfs/usr/share/portier/image/packages" "$out/$name.packages"

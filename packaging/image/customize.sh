@@ -20,6 +20,14 @@ cat >"$root/etc/fstab" <<FSTAB
 UUID=5f7e9c1a-0d3b-4c6e-9a2f-706f72746965 / ext4 errors=remount-ro 0 1
 FSTAB
 
+# BIOS boot: grub's core image, with what it needs to read the GPT and the ext4 root; the rest
+# of grub's modules and grub.cfg come from /boot/grub on the root (build.sh writes the core
+# image into the BIOS boot partition and boot.img into the MBR).
+mkdir -p "$root/boot/grub"
+ln -sfn /usr/lib/grub/i386-pc "$root/boot/grub/i386-pc"
+inroot grub-mkimage -O i386-pc -d /usr/lib/grub/i386-pc -p '(,gpt2)/boot/grub' \
+  -o /boot/grub/core.img biosdisk part_gpt ext2
+
 install -D -m 0644 "$src/docs/IMAGE.md" "$root/usr/share/doc/portier/IMAGE.md"
 inroot update-initramfs -u -k all >/dev/null
 
