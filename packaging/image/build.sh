@@ -97,6 +97,26 @@ done
 
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mkfs.ext4 -q -F -L portier-root -U "$root_uuid" \
   -E "hash_seed=$root_uuid,root_owner=0:0" -d "$rootfs" "$work/root.img" "${root_mib}M"
+# mkfs.ext4 -d copies each file's ctime and atime, which the build itself sets (touch cannot
+# set a ctime): pin both to the commit's time on every inode in use.
+dumpe2fs "$work/root.img" 2>/dev/null | awk -v t="@$SOURCE_DATE_EPOCH" '
+  /^Inode count:/ { count = $3 }
+  /^Inodes per group:/ { per = $4 }
+  /^Group [0-9]+:/ { group = $2 + 0 }
+  /^  Free inodes:/ {
+    split("", free); s = $0; sub(/^  Free inodes: */, "", s)
+    n = split(s, ranges, /, */)
+    for (r = 1; r <= n; r++) {
+      if (ranges[r] == "") continue
+      m = split(ranges[r], ends, "-"); lo = ends[1] + 0; hi = (m == 2 ? ends[2] : ends[1]) + 0
+      for (i = lo; i <= hi; i++) free[i] = 1
+    }
+    last = (group + 1) * per; if (last > count) last = count
+    for (i = group * per + 1; i <= last; i++)
+      if (!(i in free)) printf "sif <%d> ctime %s\nsif <%d> atime %s\n", i, t, i, t
+  }' >"$work/times.debugfs"
+E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH debugfs -w -f "$work/times.debugfs" "$work/root.img" >/dev/null 2>&1
+e2fsck -fn "$work/root.img" >/dev/null || { echo "build.sh: the root file system does not check clean" >&2; exit 1; }
 
 # GPT: the first MiB holds the headers and, from sector 34, the BIOS boot partition; then the
 # ESP, the root partition, 1 MiB for the backup header.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Boot tests of the appliance image under qemu (TCG: this machine's /dev/kvm runs no guest).
 #   sudo ./packaging/image/test.sh [--no-build] [--out DIR]
-# 1. builds the image (unless --no-build and it is there);
+# 1. builds the image (unless --no-build and it is there), then again from the same .deb: the
+#    two must be the same disk;
 # 2. boots the qcow2 through OVMF with Secure Boot (Microsoft keys enrolled) and a seed disk
 #    labelled PORTIER: portier's admin listener answers through a port forwarded to 127.0.0.1,
 #    `portier doctor` passes, Secure Boot is on, SSH takes the seeded key and refuses passwords;
@@ -20,7 +21,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --no-build) build=no; shift ;;
     --out) out=$2; shift 2 ;;
-    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown argument $1 (see --help)" >&2; exit 1 ;;
   esac
 done
@@ -61,6 +62,22 @@ free_port() {
     ss -Htln "sport = :$p" | grep -q . || { echo "$p"; return; }
   done
 }
+
+# Reproducible: a second build from the same commit and the same .deb gives the same disk.
+if [ "$build" = yes ]; then
+  ./packaging/image/build.sh --deb "target/debian/portier_${version}_amd64.deb" --out "$work/again" >"$work/again.log" 2>&1 ||
+    { cat "$work/again.log"; fail "a second build runs"; }
+  if cmp -s "$image.packages" "$work/again/portier-$version.packages"; then
+    check "reproducible: a second build gives the same qcow2 (sha256)" \
+      cmp -s "$image.qcow2" "$work/again/portier-$version.qcow2" || true
+    # qemu-img gives each VHDX file random header GUIDs; the disk inside must be the same.
+    check "reproducible: a second build gives the same disk in the VHDX" \
+      qemu-img compare -q -f vhdx -F vhdx "$image.vhdx" "$work/again/portier-$version.vhdx" || true
+  else
+    fail "reproducible: the mirror changed packages between the two builds"
+  fi
+  rm -rf "$work/again"
+fi
 
 # The seed disk: a FAT file system labelled PORTIER, written with mtools (no loop device).
 ssh-keygen -q -t ed25519 -N '' -f "$work/id" -C portier-image-test
