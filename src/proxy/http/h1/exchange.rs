@@ -32,7 +32,9 @@ impl Connect for H1Connect<'_> {
         if let Some(io) = checkout(self.idle, key) {
             return Ok((io, true));
         }
-        open(key, self.tls, self.timeout).await.map(|io| (io, false))
+        // Boxed, as below: opening a connection (TCP, then maybe TLS) is the largest state of
+        // an exchange, and laid out inline every idle keep-alive connection would reserve it.
+        Box::pin(open(key, self.tls, self.timeout)).await.map(|io| (io, false))
     }
 }
 
@@ -194,7 +196,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
             match r {
                 Err(RespError::Eof | RespError::Io(_)) if may_retry => {
                     may_retry = false;
-                    match open(&key, target.tls, svc.config.connect_timeout).await {
+                    match Box::pin(open(&key, target.tls, svc.config.connect_timeout)).await {
                         Ok(io) => up = io,
                         Err(e) => {
                             server.metrics.connect_errors.inc();

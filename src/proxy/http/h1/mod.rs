@@ -131,16 +131,15 @@ where
             return Outcome::Closed;
         }
         last = Instant::now();
-        if c.buf.is_empty() && c.buf.capacity() > 2 * READ_SIZE {
-            // An idle connection holds no copy buffers (a large upload grew this one).
-            c.buf = BytesMut::with_capacity(4096);
+        // Between requests a keep-alive connection holds no buffer: `read_head` takes a small
+        // one for the next head, the server's answer and the copy to the client take theirs
+        // again (as HAProxy allocates buffers on demand). Thousands of idle keep-alive
+        // connections then cost what their sockets and tasks cost, not 20 KB each.
+        if c.buf.is_empty() {
+            c.buf = BytesMut::new();
         }
-        if c.sbuf.capacity() > 2 * READ_SIZE {
-            c.sbuf = BytesMut::new();
-        }
-        if c.out.capacity() > 2 * READ_SIZE {
-            c.out = Vec::new();
-        }
+        c.sbuf = BytesMut::new();
+        c.out = Vec::new();
     }
 }
 
@@ -177,7 +176,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
                 Some(t) => t + cfg.header_timeout,
                 None => last + cfg.idle_timeout,
             };
-            self.buf.reserve(2048);
+            // Small: an idle keep-alive connection holds this buffer until its next request
+            // (most heads fit; a larger one grows it).
+            self.buf.reserve(1024);
             tokio::select! {
                 biased;
                 r = self.io.read_buf(&mut self.buf) => match r {
