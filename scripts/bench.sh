@@ -5,7 +5,7 @@
 # REGISTER with digest/s). Prints one table and writes it to docs/PERFORMANCE.md.
 # Knobs (environment): BENCH_ROUNDS, BENCH_SECS, BENCH_THREADS, BENCH_HOLD, BENCH_DOC,
 # BENCH_SCENARIOS, BENCH_KEEP and the BENCH_SIP_* ones (see the top of benches/compare.rs and
-# its `sip` module). About 11 minutes with the defaults (the SIP part about 3.5).
+# its `sip` module, benches/sip/mod.rs). About 15 minutes with the defaults (the SIP part about 4).
 # Only some rows, without touching docs/PERFORMANCE.md:
 #   BENCH_SCENARIOS=sip BENCH_DOC=0 sudo -E ./scripts/bench.sh
 set -euo pipefail
