@@ -29,7 +29,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ "$(id -u)" -eq 0 ] || { echo "build.sh: must run as root (mmdebstrap writes a root file system)" >&2; exit 1; }
-for tool in mmdebstrap mkfs.ext4 mkfs.vfat mcopy mmd sfdisk qemu-img dpkg-deb; do
+for tool in mmdebstrap mkfs.ext4 dumpe2fs debugfs e2fsck mkfs.vfat mcopy mmd sfdisk qemu-img dpkg-deb; do
   command -v "$tool" >/dev/null || { echo "build.sh: $tool not found: run ./packaging/image/deps.sh" >&2; exit 1; }
 done
 

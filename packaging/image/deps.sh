@@ -7,7 +7,7 @@ set -euo pipefail
 
 PACKAGES=(
   mmdebstrap                 # the root file system, from Debian packages
-  e2fsprogs                  # mkfs.ext4 -d: the root file system written from a directory
+  e2fsprogs                  # mkfs.ext4 -d, then debugfs/e2fsck: the root file system
   dosfstools mtools          # the EFI System Partition, written without a loop device
   fdisk                      # sfdisk: the GPT
   qemu-system-x86            # boot tests (TCG)
@@ -35,7 +35,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends --allow-downgrades "${missing[@]}" "${extra[@]}"
 fi
 
-for tool in mmdebstrap mkfs.ext4 mkfs.vfat mcopy mmd sfdisk qemu-img qemu-system-x86_64 ssh ssh-keygen curl; do
+for tool in mmdebstrap mkfs.ext4 dumpe2fs debugfs e2fsck mkfs.vfat mcopy mmd sfdisk qemu-img qemu-system-x86_64 ssh ssh-keygen curl; do
   command -v "$tool" >/dev/null || { echo "packaging/image/deps.sh: $tool not found after install" >&2; exit 1; }
 done
 for f in /usr/share/OVMF/OVMF_CODE_4M.secboot.fd /usr/share/OVMF/OVMF_VARS_4M.ms.fd /usr/share/OVMF/OVMF_CODE_4M.fd /usr/share/OVMF/OVMF_VARS_4M.fd; do
