@@ -1092,6 +1092,105 @@ fn a_server_connection_authenticated_by_one_client_connection_is_not_lent_to_ano
     assert!(a2.starts_with("user=alice "), "alice lost her authenticated server connection: {a2}");
 }
 
+/// One request to the backend's `/whoami` on a connection of its own that then closes
+/// (`Connection: close`, waited for, so portier has put its server connection back before
+/// the next client comes): (status, user, the backend's number for its connection).
+fn whoami_once(h: &Lab7, src: IpAddr, request: &str) -> (u16, String, u64) {
+    let mut c = h.client(src, 80);
+    c.send(format!("{request}Host: mail.example.test\r\nConnection: close\r\n\r\n").as_bytes());
+    let r = c.response();
+    let text = r.text();
+    c.wait_closed(Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}\n{}", h.portier.log_tail()));
+    let field = |k: &str| -> String {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .unwrap_or_else(|| panic!("{k} in {text:?}"))
+            .into()
+    };
+    (r.head.status, field("user="), field("conn=").parse().expect("conn number"))
+}
+
+const GET_WHOAMI: &str = "GET /whoami HTTP/1.1\r\n";
+
+#[test]
+fn idle_server_connections_serve_the_next_client_of_the_same_address_but_never_an_authenticated_one() {
+    let _l = light();
+    // Transparent: a server connection leaves from its client's address, so only a client
+    // from that address may take it over. IIS ties NTLM/Negotiate logins to the connection:
+    // one that carried either never serves anybody else.
+    let cfg = format!(
+        "[pools.one]\nservers = [{{ address = \"198.18.2.11:80\" }}]\n{}",
+        http_service("web", 80, "one", "")
+    );
+    let h = start(LabSpec { backends: 1, extra_clients: 1 }, &cfg);
+    let (_, _, first) = whoami_once(&h, c4(0), GET_WHOAMI);
+    let (_, _, again) = whoami_once(&h, c4(0), GET_WHOAMI);
+    assert_eq!(again, first, "a second client of the same address did not get the idle server connection");
+    let (_, _, other) = whoami_once(&h, c4(1), GET_WHOAMI);
+    assert_ne!(other, first, "a client of another address got a connection leaving from the first client's");
+
+    // Alice logs in (NTLM in her request) on the shared connection and leaves.
+    let (_, user, alice) = whoami_once(&h, c4(0), &format!("{GET_WHOAMI}Authorization: NTLM alice\r\n"));
+    assert_eq!((user.as_str(), alice), ("alice", first), "alice should have taken the idle connection");
+    let (_, user, bob) = whoami_once(&h, c4(0), GET_WHOAMI);
+    assert_eq!(user, "anonymous", "bob's request ran on alice's NTLM connection");
+    assert_ne!(bob, alice);
+    // Kerberos (Negotiate) likewise.
+    let (_, user, carol) = whoami_once(&h, c4(0), &format!("{GET_WHOAMI}Authorization: Negotiate carol\r\n"));
+    assert_eq!((user.as_str(), carol), ("carol", bob));
+    let (_, user, dave) = whoami_once(&h, c4(0), GET_WHOAMI);
+    assert_eq!(user, "anonymous", "dave's request ran on carol's Negotiate connection");
+    assert_ne!(dave, carol);
+    // A server challenge (401 with WWW-Authenticate: Negotiate / NTLM) starts a handshake
+    // whose next leg must come on that connection: it is kept private from then on.
+    let (status, _, erin) = whoami_once(&h, c4(0), "GET /whoami?challenge HTTP/1.1\r\n");
+    assert_eq!((status, erin), (401, dave));
+    let (_, _, frank) = whoami_once(&h, c4(0), GET_WHOAMI);
+    assert_ne!(frank, erin, "a connection challenged for NTLM was lent to another client");
+    // A request portier could not send again (POST) never takes a shared connection: one
+    // the server closes at that moment would cost it a 502. The idle one stays for a GET.
+    let (_, _, post) = whoami_once(&h, c4(0), "POST /whoami HTTP/1.1\r\nContent-Length: 0\r\n");
+    assert_ne!(post, frank, "a POST took an idle shared connection");
+    let (_, _, gina) = whoami_once(&h, c4(0), GET_WHOAMI);
+    assert!(
+        gina == frank || gina == post,
+        "gina got a new connection ({gina}) while {frank} and {post} were idle"
+    );
+    h.assert_no_panic();
+}
+
+#[test]
+fn behind_snat_any_client_takes_an_idle_server_connection_unless_reuse_is_private() {
+    let _l = light();
+    let cfg = format!(
+        "[pools.one]\nservers = [{{ address = \"198.18.2.11:80\" }}]\n{}{}",
+        http_service("web", 80, "one", "source = \"balancer\""),
+        "[services.own]\nvip = \"198.19.0.10\"\nports = [81]\nmode = \"http\"\npool = \"one\"\n\
+         source = \"balancer\"\nserver_reuse = \"private\"\n"
+    );
+    let h = start(LabSpec { backends: 1, extra_clients: 1 }, &cfg);
+    let (_, _, first) = whoami_once(&h, c4(0), GET_WHOAMI);
+    let (_, _, other) = whoami_once(&h, c4(1), GET_WHOAMI);
+    assert_eq!(other, first, "behind SNAT the server sees the balancer: any client may take the connection");
+    let (_, user, alice) = whoami_once(&h, c4(1), &format!("{GET_WHOAMI}Authorization: NTLM alice\r\n"));
+    assert_eq!((user.as_str(), alice), ("alice", first));
+    let (_, user, bob) = whoami_once(&h, c4(0), GET_WHOAMI);
+    assert_eq!(user, "anonymous", "bob's request ran on alice's NTLM connection");
+    assert_ne!(bob, alice);
+
+    // server_reuse = "private": each client connection opens its own.
+    let private_once = |src| {
+        let mut c = h.client(src, 81);
+        c.send(b"GET /whoami HTTP/1.1\r\nHost: mail.example.test\r\nConnection: close\r\n\r\n");
+        let text = c.response().text();
+        c.wait_closed(Duration::from_secs(5)).unwrap();
+        text.split_whitespace().find_map(|w| w.strip_prefix("conn=")).unwrap().to_string()
+    };
+    let (a, b) = (private_once(c4(0)), private_once(c4(0)));
+    assert_ne!(a, b, "with server_reuse = \"private\" a server connection served a second client connection");
+    h.assert_no_panic();
+}
+
 #[test]
 fn curl_upload_with_expect_100_continue_does_not_stall() {
     let _l = light();

@@ -140,6 +140,7 @@ pub struct ServiceFile {
     pub header_timeout: Option<Spanned<String>>,
     pub response_timeout: Option<Spanned<String>>,
     pub access_log: Option<Spanned<String>>,
+    pub server_reuse: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<i64>>,
 }
 

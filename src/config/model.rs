@@ -244,6 +244,16 @@ pub enum AccessLog {
     Json,
 }
 
+/// Whether an HTTP service's idle server connections serve other client connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerReuse {
+    /// Lent to any client connection whose requests would leave from the same address,
+    /// unless they carried NTLM or Negotiate authentication (the default).
+    Shared,
+    /// Each server connection serves only the client connection that opened it.
+    Private,
+}
+
 /// Which address upstream connections leave from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -302,6 +312,8 @@ pub struct ServiceConfig {
     /// http/https: the server's response head must arrive within this after the request.
     pub response_timeout: Duration,
     pub access_log: AccessLog,
+    /// http/https: whether idle server connections serve other client connections.
+    pub server_reuse: ServerReuse,
     /// Client connections of this service at once (none: only the global limit).
     pub max_connections: Option<usize>,
 }

@@ -410,6 +410,7 @@ pub(super) fn services(
         http_only(c, &s.header_timeout, "header_timeout");
         http_only(c, &s.response_timeout, "response_timeout");
         http_only(c, &s.access_log, "access_log");
+        http_only(c, &s.server_reuse, "server_reuse");
         let idle_default = if mode.is_http() { DEFAULT_HTTP_IDLE_TIMEOUT } else { DEFAULT_IDLE_TIMEOUT };
         let idle_timeout = c.duration(&s.idle_timeout, &field("idle_timeout"), idle_default);
         let connect_timeout =
@@ -430,6 +431,18 @@ pub(super) fn services(
                 AccessLog::Text
             }
         };
+        let server_reuse = match s.server_reuse.as_ref().map(|a| a.get_ref().as_str()) {
+            None | Some("shared") => ServerReuse::Shared,
+            Some("private") => ServerReuse::Private,
+            Some(other) => {
+                c.err(
+                    s.server_reuse.as_ref().map(|a| a.span()),
+                    field("server_reuse"),
+                    format!("`{other}` is not shared or private"),
+                );
+                ServerReuse::Shared
+            }
+        };
 
         let max_connections = c.count(&s.max_connections, &field("max_connections"), 1, 10_000_000);
         services.push(ServiceConfig {
@@ -448,6 +461,7 @@ pub(super) fn services(
             header_timeout,
             response_timeout,
             access_log,
+            server_reuse,
         });
     }
     services

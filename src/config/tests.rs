@@ -380,3 +380,19 @@ fn global_threads_are_checked() {
         "{e}"
     );
 }
+
+#[test]
+fn server_reuse_is_shared_by_default_and_for_http_only() {
+    let http =
+        format!("{POOL}[services.s]\nvip = \"198.19.0.10\"\nports = [80]\nmode = \"http\"\npool = \"p\"\n");
+    let c = parse_str(&http).expect("valid");
+    assert_eq!(c.services[0].server_reuse, ServerReuse::Shared);
+    let c = parse_str(&format!("{http}server_reuse = \"private\"\n")).expect("valid");
+    assert_eq!(c.services[0].server_reuse, ServerReuse::Private);
+    let e = fails(&format!("{http}server_reuse = \"always\"\n"));
+    assert!(e.contains(":8:") && e.contains("services.s.server_reuse") && e.contains("`always`"), "{e}");
+    let e = fails(&format!(
+        "{POOL}[services.s]\nvip = \"198.19.0.10\"\nports = [80]\npool = \"p\"\nserver_reuse = \"private\"\n"
+    ));
+    assert!(e.contains("services.s.server_reuse") && e.contains("http and https only"), "{e}");
+}

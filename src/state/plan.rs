@@ -253,6 +253,7 @@ fn service_fields(old: &ServiceConfig, new: &ServiceConfig) -> Vec<&'static str>
     cmp(old.header_timeout != new.header_timeout, "header_timeout");
     cmp(old.response_timeout != new.response_timeout, "response_timeout");
     cmp(old.access_log != new.access_log, "access_log");
+    cmp(old.server_reuse != new.server_reuse, "server_reuse");
     cmp(old.max_connections != new.max_connections, "max_connections");
     f
 }

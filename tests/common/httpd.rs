@@ -13,9 +13,11 @@
 //! - `/rpc_out` or method `RPC_OUT_DATA`: the server-to-client channel: 200 with
 //!   `backend=NAME peer=IP\n`, then `tick=I\n` every 100 ms, never ending
 //! - `/whoami`: connection-based authentication as IIS does it for NTLM/Negotiate: a request
-//!   with `Authorization: NTLM USER` authenticates its connection as USER, and later requests
+//!   with `Authorization: NTLM USER` (or `Negotiate USER`) authenticates its connection as USER, and later requests
 //!   on that connection are USER without sending credentials again. Answers
-//!   `user=USER conn=N\n` (`anonymous` before any), N numbering the backend's connections
+//!   `user=USER conn=N\n` (`anonymous` before any), N numbering the backend's connections.
+//!   `/whoami?challenge` on a connection not authenticated yet answers 401 with
+//!   `WWW-Authenticate: Negotiate` and `WWW-Authenticate: NTLM`, as IIS starts the handshake
 //! - any path with `Upgrade: test`: 101, then the connection echoes every byte
 //! - anything else: 404
 //!
@@ -277,10 +279,18 @@ async fn accept_loop(listener: tokio::net::TcpListener, name: Arc<str>, stats: A
 fn whoami(req: &Request<Incoming>, user: &std::sync::Mutex<Option<String>>, id: u64) -> Response<RespBody> {
     let mut user = user.lock().unwrap();
     let creds = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if let Some(u) = creds.and_then(|c| c.strip_prefix("NTLM ")) {
+    if let Some(u) = creds.and_then(|c| c.strip_prefix("NTLM ").or_else(|| c.strip_prefix("Negotiate "))) {
         *user = Some(u.to_string());
     }
     let who = user.as_deref().unwrap_or("anonymous");
+    if user.is_none() && req.uri().query() == Some("challenge") {
+        // IIS with Windows authentication and no anonymous access: the handshake starts.
+        let mut r = status(StatusCode::UNAUTHORIZED, full(format!("user=anonymous conn={id}\n")));
+        let h = r.headers_mut();
+        h.append(header::WWW_AUTHENTICATE, HeaderValue::from_static("Negotiate"));
+        h.append(header::WWW_AUTHENTICATE, HeaderValue::from_static("NTLM"));
+        return r;
+    }
     status(StatusCode::OK, full(format!("user={who} conn={id}\n")))
 }
 

@@ -46,6 +46,8 @@ pub struct HttpService {
     pub scheme: &'static str,
     /// The certificates of an https service.
     pub acceptor: Option<TlsAcceptorHandle>,
+    /// Idle server connections any of this service's client connections may take (`h1::idle`).
+    pub shared_idle: Arc<h1::idle::SharedIdle>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +104,8 @@ impl HttpService {
             None
         };
         let scheme = if svc.config.mode == Mode::Https { "https" } else { "http" };
-        Ok(HttpService { svc, drain, metrics: m, targets, scheme, acceptor })
+        let shared_idle = Arc::default();
+        Ok(HttpService { svc, drain, metrics: m, targets, scheme, acceptor, shared_idle })
     }
 
     /// Re-reads the certificates (SIGHUP); established connections keep theirs.

@@ -12,29 +12,46 @@ use tokio::time::Instant;
 
 use super::chunked::{ChunkError, Chunked};
 use super::head::{self, Framing, Parsed};
-use super::{checkout, send, Conn, Idle, Next, COALESCE, READ_SIZE};
+use super::idle::{connection_auth, OwnIdle, SharedIdle};
+use super::{send, Conn, Next, COALESCE, READ_SIZE};
 use crate::balance::ServerLive;
+use crate::config::ServerReuse;
 use crate::proxy::http::policy::{Answer, Connect, Connected, End, Facts};
 use crate::proxy::http::upstream::{open, ServerIo, UpstreamError, UpstreamKey, UpstreamTlsConfig};
 
 /// The fast path's way to a server: one of the client connection's idle connections, else
-/// a new one; whether it was reused decides if a request may be sent again.
+/// one from the service's shared pool (when given), else a new one.
 struct H1Connect<'c> {
-    idle: &'c mut Vec<Idle>,
+    idle: &'c mut OwnIdle,
+    /// Only for requests portier may send again: a shared connection the server has just
+    /// closed is then retried on a fresh one, never answered 502.
+    shared: Option<&'c SharedIdle>,
     tls: Option<&'c UpstreamTlsConfig>,
     timeout: Duration,
 }
 
+/// A connection to a server for one request.
+struct Up {
+    io: ServerIo,
+    /// Idle before: it may have been closed by the server meanwhile.
+    reused: bool,
+    /// It carried NTLM or Negotiate authentication (see `idle`).
+    private: bool,
+}
+
 impl Connect for H1Connect<'_> {
-    type Conn = (ServerIo, bool);
+    type Conn = Up;
 
     async fn connect(&mut self, key: &UpstreamKey) -> Result<Self::Conn, UpstreamError> {
-        if let Some(io) = checkout(self.idle, key) {
-            return Ok((io, true));
+        if let Some((io, private)) = self.idle.checkout(key) {
+            return Ok(Up { io, reused: true, private });
+        }
+        if let Some(io) = self.shared.and_then(|s| s.take(key)) {
+            return Ok(Up { io, reused: true, private: false });
         }
         // Boxed, as below: opening a connection (TCP, then maybe TLS) is the largest state of
         // an exchange, and laid out inline every idle keep-alive connection would reserve it.
-        Box::pin(open(key, self.tls, self.timeout)).await.map(|io| (io, false))
+        Box::pin(open(key, self.tls, self.timeout)).await.map(|io| Up { io, reused: false, private: false })
     }
 }
 
@@ -154,12 +171,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
         let now = started;
         let hint = hs.hint(&target, || self.req.fields_named(&self.buf, b"cookie"), now);
         let timeout = svc.config.connect_timeout;
-        let mut how = H1Connect { idle: &mut self.idle, tls: target.tls, timeout };
+        let sharing = idempotent && svc.config.server_reuse == ServerReuse::Shared;
+        let shared = sharing.then_some(&*hs.shared_idle);
+        let mut how = H1Connect { idle: &mut self.idle, shared, tls: target.tls, timeout };
         let chosen = hs.connect(&target, self.client, self.orig, hint, now, &mut how).await;
-        let Connected { index: i, server, key, conn: (mut up, reused), guard } = match chosen {
+        let Connected { index: i, server, key, conn, guard } = match chosen {
             Ok(c) => c,
             Err(a) => return self.answer(&facts, a, &target.pool.name, false).await,
         };
+        let Up { io: mut up, reused, mut private } = conn;
+        private |= self.req.fields_named(&self.buf, b"authorization").any(connection_auth);
 
         // The head and the body (read whole by `read_body`) in one write.
         self.out.clear();
@@ -233,6 +254,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
         // The response head, with portier's own fields.
         let status = self.resp.status;
         hs.learn_cookies(|| self.resp.fields_named(&self.sbuf, b"set-cookie"), &server);
+        // An NTLM or Negotiate challenge: the handshake's next leg must come on this
+        // connection, and the login then lives on it.
+        private |= self.resp.fields_named(&self.sbuf, b"www-authenticate").any(connection_auth);
         let rframing = self.resp.framing.unwrap_or(Framing::UntilClose);
         let close = client_close || rframing == Framing::UntilClose;
         self.out.clear();
@@ -254,9 +278,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
         let reusable = complete && self.resp.reusable() && self.sbuf.is_empty();
         drop(guard);
         if reusable {
-            // This client connection's own: a server connection is never lent to another
-            // client connection (IIS ties NTLM/Negotiate logins to the connection).
-            self.checkin(key, up);
+            // The client connection's own until it ends; then lent to others unless private.
+            self.checkin(key, up, private);
         }
         hs.finish(&facts, End { status, server: Some(&server), bytes_in, bytes_out, complete });
         if !complete || close {

@@ -9,16 +9,17 @@
 //! `Expect: 100-continue`, absolute-form targets, unusual framing, and any head httparse
 //! refuses (hyper then answers 400 or 431 as it always did).
 //!
-//! This file holds the connection loop (heads, small bodies, the server connections kept
-//! idle for the next request); `exchange.rs` one request; `head.rs` and `chunked.rs` the
-//! sans-IO parsing.
+//! This file holds the connection loop (heads, small bodies); `exchange.rs` one request;
+//! `idle.rs` the server connections kept idle for the next request, the client
+//! connection's own and those its service shares; `head.rs` and `chunked.rs` the sans-IO
+//! parsing.
 
 pub mod chunked;
 mod exchange;
 pub mod head;
+pub mod idle;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -27,8 +28,10 @@ use tokio::time::Instant;
 
 use self::chunked::{ChunkError, Chunked};
 use self::head::{Framing, Head, Parsed};
+use self::idle::OwnIdle;
 use super::upstream::{ServerIo, UpstreamKey};
 use super::HttpService;
+use crate::config::ServerReuse;
 use crate::net::{ClientAddr, OrigDstAddr};
 
 /// How a client connection left the fast path.
@@ -45,16 +48,6 @@ const READ_SIZE: usize = 16 * 1024;
 const COALESCE: usize = 32 * 1024;
 /// Request bodies up to this size are read whole before the request is forwarded.
 const MAX_BUFFERED: usize = 64 * 1024;
-/// Idle server connections kept per client connection (usually one is in use).
-const MAX_IDLE_SERVERS: usize = 4;
-/// Older idle server connections are closed rather than reused (IIS closes at 120 s).
-const SERVER_MAX_IDLE: Duration = Duration::from_secs(60);
-
-struct Idle {
-    key: UpstreamKey,
-    io: ServerIo,
-    since: Instant,
-}
 
 /// What to do with the client connection after an exchange.
 #[derive(PartialEq, Eq)]
@@ -85,7 +78,7 @@ struct Conn<'a, IO> {
     /// The request's chunked framing was broken (answered 400).
     bad_framing: Option<ChunkError>,
     resp: Head,
-    idle: Vec<Idle>,
+    idle: OwnIdle,
 }
 
 /// Serves `io` until it closes, or until a request needs hyper.
@@ -111,7 +104,7 @@ where
         pending: 0,
         bad_framing: None,
         resp: Head::default(),
-        idle: Vec::new(),
+        idle: OwnIdle::default(),
     };
     // The first head is due from the accept; later ones from their first byte.
     let mut due = Some(Instant::now());
@@ -119,14 +112,19 @@ where
     loop {
         match c.read_head(due.take(), last, stop).await {
             HeadRead::Ready => {}
-            HeadRead::Closed => return Outcome::Closed,
+            HeadRead::Closed => {
+                c.lend_idle();
+                return Outcome::Closed;
+            }
             HeadRead::Handoff => {
-                let servers = c.idle.into_iter().map(|i| (i.key, i.io)).collect();
+                let servers = c.idle.0.into_iter().map(|i| (i.key, i.io)).collect();
                 return Outcome::Handoff(c.buf, servers);
             }
         }
         let next = c.exchange().await;
         if next == Next::Close || *stop.borrow() {
+            // Before the shutdown: the next client may already be waiting for a connection.
+            c.lend_idle();
             let _ = c.io.shutdown().await;
             return Outcome::Closed;
         }
@@ -203,7 +201,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
                 }
                 // portier stops: a connection between requests closes now.
                 _ = stop.wait_for(|s| *s), if since.is_none() => return HeadRead::Closed,
-                () = std::future::poll_fn(|cx| poll_idle_closed(&mut self.idle, cx)), if !self.idle.is_empty() => {}
+                () = std::future::poll_fn(|cx| self.idle.poll_closed(cx)), if !self.idle.is_empty() => {}
             }
         }
     }
@@ -255,49 +253,22 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
         }
     }
 
-    fn checkin(&mut self, key: UpstreamKey, io: ServerIo) {
-        if self.idle.len() >= MAX_IDLE_SERVERS {
-            self.idle.remove(0);
-        }
-        self.idle.push(Idle { key, io, since: Instant::now() });
+    fn checkin(&mut self, key: UpstreamKey, io: ServerIo, private: bool) {
+        self.idle.checkin(idle::Idle { key, io, since: Instant::now(), private });
     }
-}
 
-/// An idle connection to `key`'s server that is still open.
-fn checkout(idle: &mut Vec<Idle>, key: &UpstreamKey) -> Option<ServerIo> {
-    while let Some(at) = idle.iter().rposition(|i| i.key == *key) {
-        let mut i = idle.swap_remove(at);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if i.since.elapsed() < SERVER_MAX_IDLE && quiet(&mut i.io, &mut cx) {
-            return Some(i.io);
+    /// The client connection ends: its idle server connections that may serve anybody go to
+    /// the service's shared pool (when it shares), the private ones close.
+    fn lend_idle(&mut self) {
+        if self.idle.is_empty() || self.hs.svc.config.server_reuse != ServerReuse::Shared {
+            return;
         }
+        self.hs.shared_idle.lend(std::mem::take(&mut self.idle));
     }
-    None
 }
 
 /// Writes `data` whole and flushes: a TLS stream may otherwise keep the last record.
 async fn send<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> std::io::Result<()> {
     w.write_all(data).await?;
     w.flush().await
-}
-
-/// Whether an idle server connection has nothing to say (no close, no stray bytes): Pending
-/// means quiet. On a plain socket whose readiness tokio already cleared this costs no system
-/// call; polled with the task's context it also wakes the task when the server closes.
-fn quiet(io: &mut ServerIo, cx: &mut std::task::Context<'_>) -> bool {
-    let mut byte = [0u8; 1];
-    let mut rb = tokio::io::ReadBuf::new(&mut byte);
-    std::pin::Pin::new(io).poll_read(cx, &mut rb).is_pending()
-}
-
-/// Ready once an idle server connection closed (or spoke unasked), which is then dropped:
-/// its socket does not wait in CLOSE_WAIT for the client's next request.
-fn poll_idle_closed(idle: &mut Vec<Idle>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-    let before = idle.len();
-    idle.retain_mut(|i| quiet(&mut i.io, cx));
-    if idle.len() < before {
-        std::task::Poll::Ready(())
-    } else {
-        std::task::Poll::Pending
-    }
 }
