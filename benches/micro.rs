@@ -1,6 +1,6 @@
 //! Criterion micro-benchmarks of the per-message and per-connection hot spots:
 //! the SIP parser and serialiser, the dial-plan matcher, digest verification, the
-//! balancing choice and the HTTP/1.1 fast path's head handling. `cargo bench --bench micro` (add a filter, e.g. `-- sip/parse`).
+//! balancing choice, the HTTP/1.1 fast path's head handling and a TLS handshake. `cargo bench --bench micro` (add a filter, e.g. `-- sip/parse`).
 //! Results are recorded in docs/PERFORMANCE.md ("Micro-benchmarks"), never asserted.
 
 use std::hint::black_box;
@@ -288,10 +288,70 @@ fn http1(c: &mut Criterion) {
     g.finish();
 }
 
+/// A full TLS handshake in memory (no sockets), both ends: portier's server configuration,
+/// which picks AES-128-GCM in its own order, against the same configuration following the
+/// client's order (AES-256-GCM-SHA384 first, as OpenSSL and Windows clients list it). The
+/// client's work is the same in both, so the difference is the suite's.
+fn tls(c: &mut Criterion) {
+    use rustls::pki_types::ServerName;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["mail.example.test".to_string()]).expect("certificate");
+    let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).expect("write certificate");
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).expect("write key");
+    let spec = portier::tls::CertSpec { cert: cert_path, key: key_path };
+    let ours = portier::tls::TlsAcceptorHandle::load(&[spec], &[b"http/1.1"])
+        .expect("server config")
+        .server_config();
+    let mut theirs = (*ours).clone();
+    theirs.ignore_client_order = false;
+    // portier's own client towards servers (no verification): ring's order, AES-256 first.
+    let client = portier::tls::client_config(&portier::tls::UpstreamTls::default(), portier::tls::ALPN_HTTP1)
+        .expect("client config");
+    assert!(format!("{:?}", client.crypto_provider().cipher_suites[0].suite()).contains("AES_256"));
+    let mut g = c.benchmark_group("tls");
+    for (name, server) in
+        [("handshake/aes128-server-order", ours), ("handshake/aes256-client-order", Arc::new(theirs))]
+    {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let name = ServerName::try_from("mail.example.test").expect("name");
+                let mut cl = rustls::Connection::from(
+                    rustls::ClientConnection::new(client.clone(), name).expect("client"),
+                );
+                let mut sv =
+                    rustls::Connection::from(rustls::ServerConnection::new(server.clone()).expect("server"));
+                let mut buf = Vec::with_capacity(8192);
+                while cl.is_handshaking() || sv.is_handshaking() {
+                    pass(&mut cl, &mut sv, &mut buf);
+                    pass(&mut sv, &mut cl, &mut buf);
+                }
+                black_box(sv.negotiated_cipher_suite())
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Moves what `from` has to send into `to`.
+fn pass(from: &mut rustls::Connection, to: &mut rustls::Connection, buf: &mut Vec<u8>) {
+    buf.clear();
+    while from.wants_write() {
+        from.write_tls(buf).expect("write_tls");
+    }
+    let mut rd = &buf[..];
+    while !rd.is_empty() {
+        to.read_tls(&mut rd).expect("read_tls");
+        to.process_new_packets().expect("handshake");
+    }
+}
+
 criterion_group! {
     name = micro;
     // Short windows: the machine is shared; the numbers are for relative comparisons.
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = sip, dialplan, digest_auth, balance, http1
+    targets = sip, dialplan, digest_auth, balance, http1, tls
 }
 criterion_main!(micro);

@@ -80,6 +80,26 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The provider of portier's TLS servers: ring's suites with AES-128-GCM first, chosen in this
+/// order whatever the client prefers (`ignore_client_order`). Clients (OpenSSL, Windows) list
+/// AES-256-GCM-SHA384 first, whose SHA-384 key schedule has no hardware help where SHA-256
+/// has SHA-NI: about 8 % of a full handshake's CPU here. X25519 and P-256 give 128-bit
+/// security either way, which AES-128 matches.
+fn server_provider() -> Arc<CryptoProvider> {
+    use rustls::CipherSuite::*;
+    let mut p = rustls::crypto::ring::default_provider();
+    // A stable sort: within a rank the provider's own order stays.
+    p.cipher_suites.sort_by_key(|s| match s.suite() {
+        TLS13_AES_128_GCM_SHA256 => 0,
+        TLS13_CHACHA20_POLY1305_SHA256 => 1,
+        TLS13_AES_256_GCM_SHA384 => 2,
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 | TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 3,
+        TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 | TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => 4,
+        _ => 5,
+    });
+    Arc::new(p)
+}
+
 /// The permission bits of a private key file that every user may read (`o+r`), or None when
 /// it is private (or cannot be inspected: loading it reports that).
 pub fn world_readable_key(path: &std::path::Path) -> Option<u32> {

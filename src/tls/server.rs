@@ -8,7 +8,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
-use super::{provider, CertSpec, CertStore, TlsError};
+use super::{server_provider, CertSpec, CertStore, TlsError};
 
 /// Picks the certificate by SNI from whatever store is current at handshake time.
 #[derive(Debug)]
@@ -39,12 +39,13 @@ impl TlsAcceptorHandle {
     pub fn new(store: CertStore, alpn: &[&[u8]]) -> Result<TlsAcceptorHandle, TlsError> {
         let store = Arc::new(ArcSwap::from_pointee(store));
         let resolver = Arc::new(SniResolver { store: store.clone() });
-        let mut config = ServerConfig::builder_with_provider(provider())
+        let mut config = ServerConfig::builder_with_provider(server_provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| TlsError::Config(e.to_string()))?
             .with_no_client_auth()
             .with_cert_resolver(resolver);
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config.ignore_client_order = true;
         Ok(TlsAcceptorHandle { store, config: Arc::new(config) })
     }
 

@@ -346,6 +346,33 @@ async fn tls12_and_tls13_clients_are_served() {
     }
 }
 
+#[tokio::test]
+async fn aes_128_gcm_is_chosen_over_a_clients_aes_256_preference() {
+    let pki = Pki::new();
+    let (mail, _) = pki.issue("mail", &["mail.example.test"]);
+    let addr = serve(TlsAcceptorHandle::load(&[mail], ALPN_HTTP_SERVER).unwrap().acceptor()).await;
+    use rustls::CipherSuite::*;
+    for (version, want) in [
+        (&rustls::version::TLS13, TLS13_AES_128_GCM_SHA256),
+        (&rustls::version::TLS12, TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256),
+    ] {
+        // The client lists AES-256 first, as OpenSSL and Windows do.
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider.cipher_suites.sort_by_key(|s| !format!("{:?}", s.suite()).contains("AES_256"));
+        assert!(format!("{:?}", provider.cipher_suites[0].suite()).contains("AES_256"));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pki.ca.der().clone()).unwrap();
+        let config = ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut s = connect(addr, Arc::new(config), dns("mail.example.test")).await.unwrap();
+        assert_eq!(s.get_ref().1.negotiated_cipher_suite().map(|c| c.suite()), Some(want));
+        echo(&mut s, b"hi").await;
+    }
+}
+
 // ---- server side: reload ----
 
 #[tokio::test]
