@@ -921,6 +921,77 @@ fn calls_complete_with_ten_percent_udp_loss() {
     t.wait_metric("portier_sip_calls_total", &[&calls("answered")], 20.0, S(5));
 }
 
+/// Registers `ext` from `ip:port` in `ns` naming `contact` (HOST:PORT) as its Contact.
+fn register_naming(
+    t: &SipTest,
+    ns: &portier::lab::Netns,
+    ext: &str,
+    secret: &str,
+    ip: &str,
+    port: u16,
+    contact: &str,
+) {
+    let mut args = register_args(&format!("{PBX}:5060"), ip, port, ext, secret);
+    args[1] = scenario("register-contact.xml");
+    args.extend(["-set".to_string(), "contact".to_string(), contact.to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    t.sipp_ok(ns, &format!("register-{ext}-{ip}-{port}-as-{contact}"), &args, S(8));
+}
+
+/// RFC 3261 sends requests to the Contact: a phone that is not behind NAT but sends from
+/// another port than the one its Contact names (`nat = "auto"`, the default) is called there.
+#[test]
+fn a_phone_registering_from_another_port_than_its_contact_is_reached_on_its_contact() {
+    let t = office("", &[ALICE, BOB]);
+    register_naming(&t, &t.lab.phones, "2002", "s3cret-2002", PHONE2, 5070, &format!("{PHONE2}:5080"));
+    let mut callee = t.phone_uas("uas.xml", "2002", PHONE2, 5080, 1, S(15));
+    let mut caller = t.phone_call("call.xml", "2001", "s3cret-2001", PHONE1, 5070, "2002", 1, S(15));
+    let (c, e) = (caller.wait(), callee.wait());
+    t.check(
+        c == 0 && e == 0,
+        &format!("caller sipp exited {c}, callee on the Contact's port {e} (want 0, 0)"),
+    );
+}
+
+/// `nat = "force"`: the phone is reached where its REGISTER came from, whatever it names.
+#[test]
+fn nat_force_reaches_the_phone_where_it_registered_from() {
+    let bob = BOB.replace(" }", ", nat = \"force\" }");
+    let t = office("", &[ALICE, &bob]);
+    register_naming(&t, &t.lab.phones, "2002", "s3cret-2002", PHONE2, 5070, &format!("{PHONE2}:5080"));
+    let mut callee = t.phone_uas("uas.xml", "2002", PHONE2, 5070, 1, S(15));
+    let mut caller = t.phone_call("call.xml", "2001", "s3cret-2001", PHONE1, 5070, "2002", 1, S(15));
+    let (c, e) = (caller.wait(), callee.wait());
+    t.check(c == 0 && e == 0, &format!("caller sipp exited {c}, callee on the source port {e} (want 0, 0)"));
+}
+
+/// A phone at home behind a masquerading NAT registers its private address; NAT is detected
+/// (the Contact names another host than the source) and it is called through the NAT's
+/// mapping. Both its calls (in and out) complete, BYE included.
+#[test]
+fn a_phone_behind_nat_registers_and_is_called_through_the_mapping() {
+    let t = office("", &[ALICE, BOB]);
+    let home = t.lab.nat_home();
+    let args = register_args(&format!("{PBX}:5060"), HOME_PHONE, 5072, "2002", "s3cret-2002");
+    t.sipp_ok(&home, "register-2002-home", &args.iter().map(String::as_str).collect::<Vec<_>>(), S(8));
+    let log = t.log();
+    t.check(
+        log.contains(&format!("contact=\"sip:2002@{HOME_PHONE}:5072\" from={PHONE1}:")),
+        &format!("the REGISTER should arrive from the NAT's address {PHONE1}:\n{log}"),
+    );
+    let mut callee = t.sipp(
+        &home,
+        "uas-2002-home",
+        &["-sf", &scenario("uas.xml"), "-i", HOME_PHONE, "-p", "5072", "-s", "2002", "-m", "1"],
+        S(15),
+    );
+    t.wait_bound(&home, "u", HOME_PHONE, 5072);
+    let mut caller = t.phone_call("call.xml", "2001", "s3cret-2001", PHONE2, 5074, "2002", 1, S(15));
+    let (c, e) = (caller.wait(), callee.wait());
+    t.check(c == 0 && e == 0, &format!("caller sipp exited {c}, callee behind NAT {e} (want 0, 0)"));
+    t.wait_metric("portier_sip_calls_total", &[&calls("answered")], 1.0, S(3));
+}
+
 /// A real softphone: baresip registers as 2002 and auto-answers; sipp as 2001 calls it.
 #[test]
 fn baresip_registers_and_answers_a_call() {

@@ -45,8 +45,8 @@ pub use framer::{Frame, FrameError, StreamFramer};
 pub use headers::{canonical_name, split_list, CSeq, ContactList, MediaType, NameAddr, Param, Params, Via};
 pub use message::{Header, Message, StartLine};
 pub use model::{
-    Forward, ForwardTo, Identity, SipAddr, SipConfig, SipExtension, SipLimits, SipTransport, SipTrunk,
-    SipVoicemail, TrunkId, TrunkKind,
+    Forward, ForwardTo, Identity, SipAddr, SipConfig, SipExtension, SipLimits, SipNat, SipTransport,
+    SipTrunk, SipVoicemail, TrunkId, TrunkKind,
 };
 pub use parse::{parse_datagram, parse_datagram_with, parse_message, Limits};
 pub use service::{SipError, SipHandle};

@@ -140,6 +140,20 @@ pub struct SipExtension {
     /// How long the extension rings before `forward.no_answer` (or the caller gives up).
     pub ring_time: Duration,
     pub forward: Forward,
+    /// Where requests to the phone go (`engine::nat`).
+    pub nat: SipNat,
+}
+
+/// How an extension's phone is reached: its Contact, or the address its messages come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SipNat {
+    /// The Contact, unless the Contact's address shows NAT on the way.
+    #[default]
+    Auto,
+    /// Always the source address (and connection) of the phone's messages.
+    Force,
+    /// Always the Contact.
+    Off,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -36,6 +36,10 @@ pub const INTRUDER: &str = "198.18.0.99";
 pub const UM: &str = "198.18.2.20";
 pub const ISP: &str = "198.18.3.10";
 pub const PHONE_ADDRS: [&str; 5] = [PHONE1, PHONE2, PHONE3, PHONE4, INTRUDER];
+/// A phone at home, behind the NAT [`SipLab::nat_home`] builds (its own /24: more specific
+/// than the lab's /15, so the phones namespace routes it to the home link).
+pub const HOME_PHONE: &str = "198.19.8.2";
+const HOME_GATEWAY: &str = "198.19.8.1";
 
 /// Directory of the sipp scenarios.
 pub fn scenario(name: &str) -> String {
@@ -95,6 +99,37 @@ impl SipLab {
             .ip_batch(&format!("link set lo up\naddr add {ISP}/15 dev visp\nlink set visp up\n"))
             .expect("isp setup");
         lab
+    }
+}
+
+impl SipLab {
+    /// A home network behind NAT: a namespace with [`HOME_PHONE`] whose traffic the phones
+    /// namespace forwards to the PBX masqueraded (nftables, as an ISP box does) behind its
+    /// primary address, [`PHONE1`]. Deleted when dropped.
+    pub fn nat_home(&self) -> Netns {
+        let home = Netns::create(&format!("{}-home", self.phones.name())).expect("home namespace");
+        let s = format!(
+            "link add vhome type veth peer name vhome netns {}
+addr add {HOME_GATEWAY}/24 dev vhome
+link set vhome up
+",
+            home.name()
+        );
+        self.phones.ip_batch(&s).expect("home link");
+        home.ip_batch(&format!(
+            "link set lo up
+addr add {HOME_PHONE}/24 dev vhome
+link set vhome up
+route add default via {HOME_GATEWAY}
+"
+        ))
+        .expect("home namespace setup");
+        self.phones.set_sysctls(&[("net/ipv4/ip_forward", "1")]).expect("forwarding");
+        let rules = "add table ip home; \
+                     add chain ip home post { type nat hook postrouting priority srcnat; }; \
+                     add rule ip home post ip saddr 198.19.8.0/24 oifname \"vph\" masquerade";
+        self.phones.sh(&["nft", rules]).expect("NAT rules");
+        home
     }
 }
 

@@ -7,7 +7,7 @@ use super::file::SipFile;
 use super::DEFAULT_RING_TIME;
 use crate::config::validate::{span, Checker};
 use crate::sip::dialplan::{is_number, DialPlan, Route, Target};
-use crate::sip::{Forward, ForwardTo, SipExtension};
+use crate::sip::{Forward, ForwardTo, SipExtension, SipNat};
 
 pub(super) fn extensions(
     c: &mut Checker<'_>,
@@ -78,9 +78,23 @@ pub(super) fn extensions(
                 *slot = Some(ForwardTo::Number(to.clone()));
             }
         }
+        let nat = match e.nat.as_ref().map(|v| v.get_ref().as_str()) {
+            None | Some("auto") => SipNat::Auto,
+            Some("force") => SipNat::Force,
+            Some("off") => SipNat::Off,
+            Some(other) => {
+                c.err(
+                    span(e.nat.as_ref().expect("matched Some")),
+                    field("nat"),
+                    format!("`{other}` is not auto, force or off"),
+                );
+                SipNat::Auto
+            }
+        };
         extensions.insert(
             n.clone(),
             SipExtension {
+                nat,
                 name: e.name.as_ref().map(|s| s.get_ref().clone()).unwrap_or_else(|| n.clone()),
                 secret: e.secret.get_ref().clone(),
                 voicemail,

@@ -46,6 +46,7 @@ pub struct ExtensionFile {
     pub voicemail: Option<Spanned<bool>>,
     pub ring_time: Option<Spanned<String>>,
     pub forward: Option<ForwardFile>,
+    pub nat: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,8 +8,8 @@ use super::*;
 use crate::config::{parse, Config, ConfigErrors};
 use crate::sip::dialplan::Target;
 use crate::sip::{
-    Forward, ForwardTo, Identity, SipAddr, SipConfig, SipExtension, SipTransport, SipTrunk, SipVoicemail,
-    TrunkKind,
+    Forward, ForwardTo, Identity, SipAddr, SipConfig, SipExtension, SipNat, SipTransport, SipTrunk,
+    SipVoicemail, TrunkKind,
 };
 
 const PBX: &str = include_str!("../../../configs/pbx.toml");
@@ -51,6 +51,7 @@ fn the_contract_loads_exactly_as_written() {
             voicemail: false,
             ring_time: DEFAULT_RING_TIME,
             forward: Forward { always: Some(ForwardTo::Number("1900".into())), busy: None, no_answer: None },
+            nat: SipNat::Auto,
         }
     );
     assert!(s.extensions["2001"].voicemail && s.extensions["2001"].name == "Alice");
@@ -102,6 +103,11 @@ fn defaults_apply() {
     let e = &s.extensions["2001"];
     assert_eq!((e.name.as_str(), e.voicemail, e.ring_time), ("2001", false, DEFAULT_RING_TIME));
     assert_eq!(e.forward, Forward::default());
+    assert_eq!(e.nat, SipNat::Auto);
+    for (v, want) in [("auto", SipNat::Auto), ("force", SipNat::Force), ("off", SipNat::Off)] {
+        let s = sip(&format!("{BASE}[sip.extensions]\n2001 = {{ secret = \"x\", nat = \"{v}\" }}\n"));
+        assert_eq!(s.extensions["2001"].nat, want);
+    }
     assert!(s.tls.is_none() && s.voicemail.is_none() && s.trunks.is_empty() && s.dialplan.rules.is_empty());
     assert!(parse_str(BASE).unwrap().sip.is_some());
 }
@@ -262,6 +268,13 @@ fn malformed() -> Vec<(&'static str, String, usize, &'static str, &'static str)>
             5,
             "sip.extensions.2001.ring_time",
             "has no unit",
+        ),
+        (
+            "bad nat",
+            ext("2001 = { secret = \"x\", nat = \"yes\" }\n"),
+            5,
+            "sip.extensions.2001.nat",
+            "`yes` is not auto, force or off",
         ),
     ]
 }

@@ -243,6 +243,7 @@ impl Engine {
             return;
         };
         let from_trunk = self.trusted_trunk(src.addr.ip());
+        let trunk_caller = from_trunk.is_some();
         let (caller, caller_name, private, target) = match from_trunk {
             Some(kind) => {
                 let (user, name, private) = identity_of(&req);
@@ -283,7 +284,15 @@ impl Engine {
             return;
         };
 
-        // The caller's leg.
+        // The caller's leg: in-dialog requests go to the caller's Contact or its source, as
+        // its extension's `nat` says; a trunk is reached where it sends from.
+        let dest = match (trunk_caller, req.contacts()) {
+            (false, Ok(crate::sip::ContactList::Addrs(c))) if !c.is_empty() => {
+                let nat = self.cfg.extensions.get(&caller).map(|e| e.nat).unwrap_or_default();
+                super::nat::reach(&c[0].uri, src, nat)
+            }
+            _ => src,
+        };
         let from = req.from().ok();
         let a = Leg {
             call_id: call_id.clone(),
@@ -301,8 +310,8 @@ impl Engine {
             },
             routes: req.values("Record-Route").unwrap_or_default(),
             cseq: 0,
-            dest: src,
-            via_local: self.local_for(src.transport, src.addr),
+            dest,
+            via_local: self.local_for(dest.transport, dest.addr),
         };
         let id = self.next_call;
         self.next_call += 1;

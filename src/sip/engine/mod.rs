@@ -16,6 +16,7 @@ mod build;
 mod call;
 mod drain;
 mod mwi;
+mod nat;
 mod reconfigure;
 mod registrar;
 mod transfer;

@@ -176,8 +176,11 @@ impl Engine {
                     self.reject(&key, &req, 403, "Only Your Own Mailbox", now);
                     return;
                 }
-                let target = match req.contacts() {
-                    Ok(crate::sip::ContactList::Addrs(c)) if !c.is_empty() => c[0].uri.to_string(),
+                let (target, dest) = match req.contacts() {
+                    Ok(crate::sip::ContactList::Addrs(c)) if !c.is_empty() => {
+                        let nat = self.cfg.extensions.get(&ext).map(|e| e.nat).unwrap_or_default();
+                        (c[0].uri.to_string(), super::nat::reach(&c[0].uri, src, nat))
+                    }
                     _ => {
                         self.reply(&key, &req, 400, "Contact Required", None, now);
                         return;
@@ -197,7 +200,7 @@ impl Engine {
                         .and_then(|t| build::with_tag(&t, "To", None))
                         .unwrap_or_default(),
                     target,
-                    dest: src,
+                    dest,
                     cseq: 0,
                     expires_at: now.mono + Duration::from_secs(u64::from(expires)),
                 });

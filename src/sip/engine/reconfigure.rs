@@ -2,8 +2,8 @@
 //!
 //! What is compared and what happens:
 //! - extensions: a new one can register at once; a changed one (secret, name, ring time,
-//!   forwards, voicemail) keeps its registrations and the new values apply to the next
-//!   request; a removed one loses its contacts and subscriptions (calls in progress go on).
+//!   forwards, voicemail, nat) keeps its registrations and the new values apply to the next
+//!   request (a new `nat` to its registered phones at once); a removed one loses its contacts and subscriptions (calls in progress go on).
 //! - trunks (by [`TrunkId`]): an unchanged trunk is not touched (state, timers, Call-ID). A
 //!   change of identity, inbound extension or `trusted` applies in place. A register trunk
 //!   whose secret or expiry changed refreshes its binding now; one whose registrar, domain or
@@ -150,7 +150,12 @@ impl Engine {
         for (num, e) in &new.extensions {
             match old.extensions.get(num) {
                 None => report.extensions.added.push(num.clone()),
-                Some(o) if o != e => report.extensions.changed.push(num.clone()),
+                Some(o) if o != e => {
+                    report.extensions.changed.push(num.clone());
+                    if o.nat != e.nat {
+                        self.reg.renat(num, e.nat);
+                    }
+                }
                 Some(_) => {}
             }
         }

@@ -2,15 +2,16 @@
 //! and unREGISTER (RFC 3261 §10.3).
 //!
 //! A binding remembers where its REGISTER came from (transport, source address, connection)
-//! and requests for the phone go there, whatever host the Contact names: phones behind NAT
-//! register private addresses, and the source is what reaches them (Asterisk's `nat=force_rport`).
+//! and where requests for the phone go: its Contact, or that source when the extension's `nat`
+//! says so or NAT is detected (`nat`): phones behind NAT register private addresses, and the
+//! source is what reaches them.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::metrics::SipMetrics;
 use crate::sip::transaction::Key;
-use crate::sip::{ContactList, Message};
+use crate::sip::{ContactList, Message, SipNat, Uri};
 
 use super::auth::Challenge;
 use super::{build, Dest, Engine, Now};
@@ -22,7 +23,10 @@ const MAX_EXPIRES: u32 = 3600;
 pub(super) struct Binding {
     /// The Contact URI, the Request-URI of requests to this phone.
     pub uri: String,
+    /// Where requests to this phone go.
     pub dest: Dest,
+    /// Where its REGISTER came from.
+    pub source: Dest,
     pub expires_at: Instant,
 }
 
@@ -43,6 +47,15 @@ impl Registrar {
     /// Drops every binding of `ext` (the extension left the configuration); how many.
     pub fn remove_ext(&mut self, ext: &str) -> usize {
         self.by_ext.remove(ext).map_or(0, |v| v.len())
+    }
+
+    /// Reaches `ext`'s phones as `nat` says from now on (a reload changed it).
+    pub fn renat(&mut self, ext: &str, nat: SipNat) {
+        for b in self.by_ext.get_mut(ext).into_iter().flatten() {
+            if let Ok(u) = Uri::parse(&b.uri) {
+                b.dest = super::nat::reach(&u, b.source, nat);
+            }
+        }
     }
 
     /// Whether any binding's destination satisfies `f`.
@@ -103,6 +116,7 @@ impl Engine {
                 return;
             }
         };
+        let nat = self.cfg.extensions.get(&ext).map(|e| e.nat).unwrap_or_default();
         let list = self.reg.by_ext.entry(ext.clone()).or_default();
         match contacts {
             ContactList::Star => {
@@ -123,10 +137,16 @@ impl Engine {
                         tracing::info!(ext, contact = uri, "SIP: contact unregistered");
                         continue;
                     }
-                    tracing::info!(ext, contact = uri, from = %src.addr, expires, "SIP: registered");
+                    let dest = super::nat::reach(&a.uri, src, nat);
+                    if dest.addr == src.addr {
+                        tracing::info!(ext, contact = uri, from = %src.addr, expires, "SIP: registered");
+                    } else {
+                        tracing::info!(ext, contact = uri, from = %src.addr, reached = %dest.addr, expires, "SIP: registered (reached on its Contact)");
+                    }
                     list.push(Binding {
                         uri,
-                        dest: src,
+                        dest,
+                        source: src,
                         expires_at: now.mono + Duration::from_secs(u64::from(expires)),
                     });
                 }

@@ -191,7 +191,12 @@ fn creds(
 
 /// Registers `user` from `at`.
 fn register(h: &mut H, user: &str, pw: &str, at: &str) {
-    let from = addr(at);
+    register_naming(h, user, pw, at, at);
+}
+
+/// `user` registers sending from `at` with `contact` (IP:port) as its Contact (and Via).
+fn register_naming(h: &mut H, user: &str, pw: &str, at: &str, contact: &str) {
+    let from = addr(contact);
     let to = format!("<sip:{user}@pbx.example.test>");
     let b = h.branch();
     let call_id = format!("reg-{user}-{at}");
@@ -202,8 +207,8 @@ fn register(h: &mut H, user: &str, pw: &str, at: &str) {
     let c = status(&out, 401).expect("401 challenge");
     assert_eq!(c.msg.count("WWW-Authenticate"), 2, "SHA-256 and MD5 challenges");
     let via = c.msg.top_via().unwrap();
-    assert_eq!(via.rport(), Some(Some(from.port())), "RFC 3581 rport filled in");
-    assert_eq!(via.received(), Some(from.ip().to_string().as_str()), "received filled in");
+    assert_eq!(via.rport(), Some(Some(addr(at).port())), "RFC 3581 rport filled in");
+    assert_eq!(via.received(), Some(addr(at).ip().to_string().as_str()), "received filled in");
     let auth = creds(&c.msg, "WWW-Authenticate", "REGISTER", "sip:pbx.example.test", user, pw, 1);
     let b = h.branch();
     let out = h.feed(
@@ -224,7 +229,7 @@ fn register(h: &mut H, user: &str, pw: &str, at: &str) {
     let ok = status(&out, 200).unwrap_or_else(|| {
         panic!("200 for REGISTER: {:?}", out.iter().map(|o| text(&o.msg)).collect::<Vec<_>>())
     });
-    assert!(text(&ok.msg).contains(&format!("<sip:{user}@{at}>;expires=")), "{}", text(&ok.msg));
+    assert!(text(&ok.msg).contains(&format!("<sip:{user}@{contact}>;expires=")), "{}", text(&ok.msg));
 }
 
 /// 2001 at .11 calls `number`: returns the fork INVITEs that left and the caller's INVITE.

@@ -449,3 +449,24 @@ fn a_removed_extensions_subscription_is_terminated() {
     let out = h.feed(um, &notify);
     assert!(status(&out, 404).is_some() && method(&out, "NOTIFY").is_none());
 }
+
+/// `nat = "auto"`: a phone sending from another port than its Contact names (same host, so no
+/// NAT) is called on the Contact; a reload setting `nat = "force"` moves it to the source at
+/// once, without a new REGISTER.
+#[test]
+fn nat_auto_calls_the_contact_and_a_reload_to_force_moves_registered_phones_at_once() {
+    let mut h = H::new();
+    register_naming(&mut h, "2002", "s3cret-2002", "198.18.0.12:5070", "198.18.0.12:5080");
+    let (forks, _) = call(&mut h, "2002", "nat-1", SDP);
+    assert_eq!(forks.len(), 1);
+    assert_eq!(forks[0].dest.addr, addr("198.18.0.12:5080"), "auto: the Contact");
+    let forced = CONFIG.replace(
+        "2002 = { name = \"Bob\", secret = \"s3cret-2002\",",
+        "2002 = { name = \"Bob\", secret = \"s3cret-2002\", nat = \"force\",",
+    );
+    assert_ne!(forced, CONFIG);
+    let (report, _) = h.reconfigure(&forced);
+    assert_eq!(report.extensions.changed, ["2002"]);
+    let (forks, _) = call(&mut h, "2002", "nat-2", SDP);
+    assert_eq!(forks[0].dest.addr, addr("198.18.0.12:5070"), "force: where the REGISTER came from");
+}
