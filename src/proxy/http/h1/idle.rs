@@ -110,18 +110,13 @@ impl SharedIdle {
         &self.shards[SHARD.with(|s| *s)]
     }
 
-    /// Takes the newest idle connection for `key` that is still open; expired and closed ones
-    /// met on the way are dropped. Newest first: the oldest then age out when fewer are used.
+    /// Takes the newest idle connection for `key` that is still open, from this thread's
+    /// shard first, then from the others (a client connection's task may run on another
+    /// worker than the one that lent it); expired and closed ones met on the way are dropped.
+    /// Newest first: the oldest then age out when fewer are used.
     pub fn take(&self, key: &UpstreamKey) -> Option<ServerIo> {
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let mut list = self.shard().lock().expect("shared idle pool poisoned");
-        while let Some(at) = list.iter().rposition(|i| i.key == *key) {
-            let mut i = list.remove(at);
-            if i.since.elapsed() < SERVER_MAX_IDLE && quiet(&mut i.io, &mut cx) {
-                return Some(i.io);
-            }
-        }
-        None
+        let own = SHARD.with(|s| *s);
+        (0..SHARDS).find_map(|k| take_from(&self.shards[(own + k) % SHARDS], key))
     }
 
     /// Lends the public ones of a client connection's idle connections to the pool (the
@@ -169,6 +164,18 @@ impl SharedIdle {
             list.retain_mut(|i| i.since.elapsed() < SERVER_MAX_IDLE && quiet(&mut i.io, &mut cx));
         }
     }
+}
+
+fn take_from(shard: &Mutex<Vec<Idle>>, key: &UpstreamKey) -> Option<ServerIo> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut list = shard.lock().expect("shared idle pool poisoned");
+    while let Some(at) = list.iter().rposition(|i| i.key == *key) {
+        let mut i = list.remove(at);
+        if i.since.elapsed() < SERVER_MAX_IDLE && quiet(&mut i.io, &mut cx) {
+            return Some(i.io);
+        }
+    }
+    None
 }
 
 async fn sweep(pool: Weak<SharedIdle>) {
@@ -253,6 +260,20 @@ mod tests {
         pool.lend(OwnIdle(vec![c]));
         tokio::time::sleep(SERVER_MAX_IDLE + SWEEP_EVERY * 2).await;
         assert!(pool.is_empty(), "the sweep left an expired connection");
+    }
+
+    #[tokio::test]
+    async fn a_connection_lent_on_one_thread_is_taken_on_another() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let k = key(l.local_addr().unwrap().port());
+        let pool = Arc::new(SharedIdle::default());
+        let (a, _sa) = idle(&l, false).await;
+        let p2 = pool.clone();
+        // Threads get their shard in turn: the spawned one lends into another shard than this
+        // thread takes from first (unless exactly SHARDS threads started in between).
+        std::thread::spawn(move || p2.lend(OwnIdle(vec![a]))).join().unwrap();
+        assert_eq!(pool.len(), 1);
+        assert!(pool.take(&k).is_some(), "the connection in another thread's shard was not found");
     }
 
     #[test]
