@@ -109,6 +109,28 @@ fn check_loads_every_certificate_key_and_ca_and_warns_of_a_key_anyone_can_read()
     );
 }
 
+#[test]
+fn check_loads_a_sip_trunks_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    certificate(d, "um", &["um.example.test"]);
+    let run = |ca: &str| {
+        let text = format!(
+            "[sip]\nlisten = [\"udp:198.18.1.1:5060\"]\ndomain = \"pbx.example.test\"\n\
+             [sip.trunks.um]\nkind = \"peer\"\naddress = \"tls:198.18.2.20:5061\"\n\
+             tls = {{ ca = \"{ca}\", sni = \"um.example.test\" }}\n"
+        );
+        let path = d.join("sip.toml");
+        std::fs::write(&path, text).unwrap();
+        portier(&["check", "--config", path.to_str().unwrap()])
+    };
+    let (code, out, err) = run(&d.join("um.pem").display().to_string());
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run("/nonexistent/um-ca.pem");
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("/nonexistent/um-ca.pem"), "{err}");
+}
+
 /// Needs root (CI runs as root): the check is run again as `nobody`.
 #[test]
 fn check_as_user_finds_a_key_the_service_user_cannot_read() {

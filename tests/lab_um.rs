@@ -898,33 +898,90 @@ fn um_down_calls_fail_fast_with_503() {
     um.stop();
 }
 
-/// The same diversion over TLS (`address = "tls:198.18.2.20:5061"`): UM's front on TLS 5061
-/// answers 302 to a TLS worker on 5066 (`transport=tls`); portier does not verify UM's
-/// (self-signed) certificate.
-#[test]
-fn unregistered_diverts_to_um_over_tls() {
+/// A self-signed certificate for UM (its own CA) in `dir`: (certificate, key) paths.
+fn um_certificate(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let ck = rcgen::generate_simple_self_signed(vec![UM.to_string(), "um.example.test".to_string()]).unwrap();
+    let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+/// The office with UM reached over TLS at 5061, the trunk's `tls` table being `tls`.
+fn office_with_um_over_tls(tls: &str) -> SipTest {
     let alice = "2001 = { name = \"Alice\", secret = \"s3cret-2001\", voicemail = true }";
-    let trunks = format!("{}\n{}", um_peer(&format!("tls:{UM}:5061"), None), voicemail(""));
-    let t = SipTest::start(&pbx_config(
+    let trunks = format!("{}{tls}\n{}", um_peer(&format!("tls:{UM}:5061"), None), voicemail(""));
+    SipTest::start(&pbx_config(
         "",
         &[alice, BOB],
         &trunks,
         &[("2XXX", "extension", 0), ("1XXX", "exchange-um", 0)],
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec![UM.to_string(), "um.example.test".to_string()]).unwrap();
-    let cert = dir.path().join("cacert.pem");
-    let key = dir.path().join("cakey.pem");
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    ))
+}
+
+/// 2002 calls 2001 (not registered) and is diverted to UM over TLS: the front on 5061, its
+/// 302 to the worker on 5066, each behind socat with `cert` and `key`.
+fn diversion_over_tls(t: &SipTest, cert: &std::path::Path, key: &std::path::Path) {
     // Debian's sipp 3.6.1 has no TLS: socat terminates TLS in front of the TCP emulators, one
     // connection each (the front's INVITE and ACK, the worker's call).
     let net = UmNet { uri_transport: "tls", front: 5061, worker: 5066, sipp_front: 5060, sipp_worker: 5065 };
     let _tls: Vec<Socat> = [(5061, 5060), (5066, 5065)]
         .into_iter()
-        .map(|(tls, tcp)| Socat::tls_to_tcp(&t, tls, tcp, &cert, &key))
+        .map(|(tls, tcp)| Socat::tls_to_tcp(t, tls, tcp, cert, key))
         .collect();
-    diversion_on(&t, &net, None, "<tel:2001>;reason=unavailable;screen=no;privacy=off");
+    diversion_on(t, &net, None, "<tel:2001>;reason=unavailable;screen=no;privacy=off");
+}
+
+/// The same diversion over TLS (`address = "tls:198.18.2.20:5061"`): UM's front on TLS 5061
+/// answers 302 to a TLS worker on 5066 (`transport=tls`); portier does not verify UM's
+/// (self-signed) certificate, and says so at start.
+#[test]
+fn unregistered_diverts_to_um_over_tls() {
+    let t = office_with_um_over_tls("");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = um_certificate(dir.path(), "um");
+    diversion_over_tls(&t, &cert, &key);
+    t.check(
+        t.log().contains("SIP trunk over TLS without certificate verification"),
+        "an unverified TLS trunk should be warned about at start",
+    );
+}
+
+/// The trunk verifies UM's certificate (`tls = { ca, sni }`): the front and the worker it
+/// redirects to (another port of the same host) are both checked, and the call reaches
+/// voicemail.
+#[test]
+fn um_over_tls_with_its_certificate_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = um_certificate(dir.path(), "um");
+    let t = office_with_um_over_tls(&format!(
+        "tls = {{ ca = \"{}\", sni = \"um.example.test\" }}\n",
+        cert.display()
+    ));
+    diversion_over_tls(&t, &cert, &key);
+    t.check(!t.log().contains("without certificate verification"), "a verified trunk was warned about");
+}
+
+/// UM presents a certificate the trunk's CA did not sign: portier refuses the connection and
+/// logs why; the call does not reach it.
+#[test]
+fn um_over_tls_with_a_wrong_certificate_is_refused_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = um_certificate(dir.path(), "um");
+    let (other_ca, _) = um_certificate(dir.path(), "other");
+    let t = office_with_um_over_tls(&format!(
+        "tls = {{ ca = \"{}\", sni = \"um.example.test\" }}\n",
+        other_ca.display()
+    ));
+    let _front = Socat::tls_to_tcp(&t, 5061, 5060, &cert, &key);
+    let mut caller = t.phone_call("call.xml", "2002", "s3cret-2002", PHONE2, 5070, "1000", 1, S(15));
+    let code = caller.wait();
+    t.check(code != 0, "the call reached a UM whose certificate does not verify");
+    let log = t.log();
+    t.check(
+        log.contains("SIP: TLS handshake failed") && log.contains("certificate"),
+        &format!("the refusal should be logged with its reason:\n{log}"),
+    );
 }
 
 /// `socat OPENSSL-LISTEN:UM:tls -> TCP:UM:tcp` in the um namespace for one connection.

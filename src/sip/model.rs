@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::sip::dialplan::DialPlan;
 use crate::sip::digest::Algorithm;
-use crate::tls::CertSpec;
+use crate::tls::{CertSpec, UpstreamTls};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SipTransport {
@@ -195,6 +195,19 @@ pub struct SipTrunk {
     pub kind: TrunkKind,
     /// How the caller identity is sent on calls out of this trunk.
     pub identity: Identity,
+    /// Certificate checks of connections portier opens to a `tls:` trunk; None: not verified
+    /// (warned at start).
+    pub tls: Option<UpstreamTls>,
+}
+
+impl SipTrunk {
+    /// Where the trunk is reached: the peer's address or the registrar.
+    pub fn address(&self) -> SipAddr {
+        match &self.kind {
+            TrunkKind::Peer { address, .. } => *address,
+            TrunkKind::Register { registrar, .. } => *registrar,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -52,15 +52,62 @@ pub struct Bound {
     udp: Vec<Arc<UdpSocket>>,
     tcp: Vec<(SipTransport, TcpListener)>,
     acceptor: Option<Arc<TlsAcceptorHandle>>,
+    /// Read with the rest, so a missing trunk CA file stops the start with its name.
+    tls: TlsClients,
 }
 
-/// Loads the certificates `cfg` names without using them: a reload checks them before it
-/// changes anything.
+/// Loads the certificates and trunk CAs `cfg` names without using them: a reload checks them
+/// before it changes anything.
 pub fn check_certificates(cfg: &SipConfig) -> Result<(), SipError> {
     if cfg.tls.is_some() {
         drop(CertStore::load(&cert_specs(cfg))?);
     }
+    drop(TlsClients::build(cfg)?);
     Ok(())
+}
+
+/// How portier's own TLS connections (to `tls:` trunks, and to the hosts they redirect to)
+/// check their peer: per trunk by its IP, so a 3xx to another port of the same host (Exchange
+/// UM's worker ports) is checked like the trunk; anything else is not verified.
+#[derive(Clone)]
+struct TlsClients {
+    unverified: Arc<rustls::ClientConfig>,
+    by_ip: HashMap<std::net::IpAddr, (Arc<rustls::ClientConfig>, UpstreamTls)>,
+}
+
+impl TlsClients {
+    fn build(cfg: &SipConfig) -> Result<TlsClients, SipError> {
+        let unverified = client_config(&UpstreamTls::default(), NO_ALPN)?;
+        let mut by_ip = HashMap::new();
+        for t in cfg.trunks.values() {
+            if let Some(u) = &t.tls {
+                by_ip.insert(t.address().addr.ip(), (client_config(u, NO_ALPN)?, u.clone()));
+            }
+        }
+        Ok(TlsClients { unverified, by_ip })
+    }
+
+    /// The configuration and name (the trunk's `sni`, else the IP) for a connection to `peer`.
+    fn for_peer(
+        &self,
+        peer: SocketAddr,
+    ) -> (Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>) {
+        match self.by_ip.get(&peer.ip()) {
+            Some((c, u)) => (c.clone(), crate::tls::server_name(u, peer.ip())),
+            None => (self.unverified.clone(), rustls::pki_types::ServerName::IpAddress(peer.ip().into())),
+        }
+    }
+
+    /// Warns once per trunk reached over TLS whose certificate nobody checks.
+    fn warn_unverified(cfg: &SipConfig) {
+        for (id, t) in &cfg.trunks {
+            let a = t.address();
+            let unchecked = t.tls.as_ref().is_none_or(|u| !u.verify);
+            if a.transport == SipTransport::Tls && unchecked {
+                tracing::warn!(trunk = %id, address = %a, "SIP trunk over TLS without certificate verification: set tls = {{ ca = \"...\" }} to check it");
+            }
+        }
+    }
 }
 
 fn cert_specs(cfg: &SipConfig) -> Vec<CertSpec> {
@@ -69,7 +116,7 @@ fn cert_specs(cfg: &SipConfig) -> Vec<CertSpec> {
 
 /// Binds every `[sip] listen` address and loads the TLS certificate.
 pub async fn bind(cfg: &SipConfig) -> Result<Bound, SipError> {
-    let mut b = Bound { udp: Vec::new(), tcp: Vec::new(), acceptor: None };
+    let mut b = Bound { udp: Vec::new(), tcp: Vec::new(), acceptor: None, tls: TlsClients::build(cfg)? };
     if cfg.listen.iter().any(|l| l.transport == SipTransport::Tls) {
         b.acceptor = Some(Arc::new(TlsAcceptorHandle::load(&cert_specs(cfg), NO_ALPN)?));
     }
@@ -118,7 +165,7 @@ struct Transports {
     by_peer: HashMap<(SipTransport, SocketAddr), u64>,
     next_id: u64,
     inbound: mpsc::Sender<Inbound>,
-    tls_client: Arc<rustls::ClientConfig>,
+    tls: TlsClients,
     limits: ConnLimits,
     metrics: SipMetrics,
 }
@@ -201,13 +248,7 @@ async fn run(
     mut drain: watch::Receiver<Option<std::time::Instant>>,
 ) {
     let (tx, mut rx) = mpsc::channel::<Inbound>(8192);
-    let tls_client = match client_config(&UpstreamTls::default(), NO_ALPN) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("SIP: TLS client configuration: {e}");
-            return;
-        }
-    };
+    TlsClients::warn_unverified(&cfg);
     let mut tasks = Vec::new();
     for sock in &bound.udp {
         tasks.push(tokio::spawn(udp_reader(sock.clone(), tx.clone())));
@@ -225,7 +266,7 @@ async fn run(
         by_peer: HashMap::new(),
         next_id: 1,
         inbound: tx.clone(),
-        tls_client,
+        tls: bound.tls,
         limits,
         metrics: metrics.clone(),
     };
@@ -276,6 +317,14 @@ async fn run(
             c = control.recv(), if control_open => match c {
                 Some(Control::Reconfigure { cfg, reply }) => {
                     t.limits.set(cfg.limits);
+                    // Checked before the reload went ahead (`check_certificates`).
+                    match TlsClients::build(&cfg) {
+                        Ok(c) => {
+                            t.tls = c;
+                            TlsClients::warn_unverified(&cfg);
+                        }
+                        Err(e) => tracing::error!("SIP: trunk TLS settings not applied, the running ones stay: {e}"),
+                    }
                     let report = engine.reconfigure(cfg, Now::system());
                     tracing::info!("SIP reconfigured: {report}");
                     let _ = reply.send(report);
@@ -383,7 +432,7 @@ impl Transports {
         self.conns.insert(id, Conn { transport, peer: dest.addr, writer: w.clone() });
         self.by_peer.insert((transport, dest.addr), id);
         let inbound = self.inbound.clone();
-        let tls = self.tls_client.clone();
+        let (tls, name) = self.tls.for_peer(dest.addr);
         // Ours to a trunk or a phone's contact: no idle cut (the engine reaches out on it).
         let timeouts = Timeouts { message: self.limits.limits().message_timeout, idle: None };
         let metrics = self.metrics.clone();
@@ -405,12 +454,15 @@ impl Transports {
             let _ = tcp.set_nodelay(true);
             let conn = |tx| Connection { id, transport, peer, writer: w, queue: r, tx, timeouts, metrics };
             if transport == SipTransport::Tls {
-                let name = rustls::pki_types::ServerName::IpAddress(peer.ip().into());
                 let connector = tokio_rustls::TlsConnector::from(tls);
                 match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp)).await {
                     Ok(Ok(s)) => conn(inbound).serve(s).await,
-                    _ => {
-                        tracing::info!(%peer, "SIP: TLS handshake failed");
+                    failed => {
+                        let why = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "timed out".to_string(),
+                        };
+                        tracing::warn!(%peer, "SIP: TLS handshake failed: {why}");
                         let _ = inbound.send(Inbound::Failed { id, transport, peer }).await;
                     }
                 }

@@ -81,6 +81,8 @@ pub struct TrunkFile {
     pub secret: Option<Spanned<String>>,
     pub expires: Option<Spanned<String>>,
     pub inbound: Option<Spanned<String>>,
+    /// Both kinds, `tls:` addresses only.
+    pub tls: Option<Spanned<crate::config::file::PoolTlsFile>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -65,6 +65,7 @@ fn the_contract_loads_exactly_as_written() {
                 options_ping: Some(Duration::from_secs(30)),
             },
             identity: Identity::Pai,
+            tls: None,
         }
     );
     assert_eq!(
@@ -79,6 +80,7 @@ fn the_contract_loads_exactly_as_written() {
                 inbound: Some("2000".into()),
             },
             identity: Identity::Rpid,
+            tls: None,
         }
     );
     assert_eq!(
@@ -268,6 +270,20 @@ fn malformed() -> Vec<(&'static str, String, usize, &'static str, &'static str)>
             5,
             "sip.extensions.2001.ring_time",
             "has no unit",
+        ),
+        (
+            "tls on a tcp trunk",
+            format!("{BASE}{TRUNK_UM}tls = {{ verify = false }}\n"),
+            8,
+            "sip.trunks.um.tls",
+            "`tls` needs a tls: address",
+        ),
+        (
+            "trunk tls verify without ca",
+            format!("{BASE}{}tls = {{ sni = \"um.example.test\" }}\n", TRUNK_UM.replace("tcp:198.18.2.20:5060", "tls:198.18.2.20:5061")),
+            8,
+            "sip.trunks.um.tls.ca",
+            "verify = true needs `ca`",
         ),
         (
             "bad nat",

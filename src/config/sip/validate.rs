@@ -332,5 +332,41 @@ fn trunk(c: &mut Checker<'_>, n: &str, name: &Spanned<String>, t: &TrunkFile) ->
             }
         }
     };
-    Some(SipTrunk { kind, identity })
+    let tls = trunk_tls(c, &kind, t, &field);
+    Some(SipTrunk { kind, identity, tls })
+}
+
+/// `tls = { verify, ca, sni }` of a trunk: as a pool's, and only where portier speaks TLS to it.
+fn trunk_tls(
+    c: &mut Checker<'_>,
+    kind: &TrunkKind,
+    t: &TrunkFile,
+    field: &dyn Fn(&str) -> String,
+) -> Option<crate::tls::UpstreamTls> {
+    let spanned = t.tls.as_ref()?;
+    let f = spanned.get_ref();
+    let address = match kind {
+        TrunkKind::Peer { address, .. } => address,
+        TrunkKind::Register { registrar, .. } => registrar,
+    };
+    if address.transport != SipTransport::Tls {
+        c.err(
+            Some(spanned.span()),
+            field("tls"),
+            format!("`tls` needs a tls: address; this trunk is reached over {}", address.transport.as_str()),
+        );
+    }
+    let verify = f.verify.unwrap_or(true);
+    if verify && f.ca.is_none() {
+        c.err(
+            Some(spanned.span()),
+            field("tls.ca"),
+            "verify = true needs `ca` (a PEM file of the CAs that signed the trunk's certificate); verify = false skips the check",
+        );
+    }
+    Some(crate::tls::UpstreamTls {
+        verify,
+        ca: f.ca.as_ref().map(|a| std::path::PathBuf::from(a.get_ref())),
+        sni: f.sni.as_ref().map(|n| n.get_ref().clone()),
+    })
 }
