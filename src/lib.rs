@@ -10,6 +10,7 @@ pub mod health;
 pub mod intercept;
 pub mod lab;
 pub mod log_limit;
+pub mod media;
 pub mod metrics;
 pub mod net;
 pub mod proxy;
