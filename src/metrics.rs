@@ -153,6 +153,24 @@ pub struct SipMetrics {
     pub connections: Gauge,
     /// Connections closed for a message left incomplete or for idleness.
     pub connections_closed: Family<ReasonLabels, Counter>,
+    pub media: MediaMetrics,
+}
+
+/// The media relay (`portier_media_*`).
+#[derive(Clone, Default)]
+pub struct MediaMetrics {
+    /// Calls whose media goes through the relay now.
+    pub sessions: Gauge,
+    /// Relay UDP ports open (RTP and RTCP, both sides).
+    pub ports: Gauge,
+    /// Datagrams (RTP, RTCP) relayed, and their bytes.
+    pub packets: Counter,
+    pub bytes: Counter,
+    /// Datagrams dropped: foreign (not from the latched source), unroutable (the other
+    /// endpoint unknown yet).
+    pub dropped: Family<ReasonLabels, Counter>,
+    /// Calls ended because their media stopped.
+    pub timeouts: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -353,6 +371,21 @@ impl Metrics {
             "sip_connections_closed",
             "SIP connections closed by portier, by reason (message_timeout, idle_timeout)",
             sip.connections_closed.clone(),
+        );
+        let media = &sip.media;
+        registry.register("media_sessions", "Calls whose media is relayed now", media.sessions.clone());
+        registry.register("media_ports", "Relay UDP ports open (RTP and RTCP)", media.ports.clone());
+        registry.register("media_packets", "RTP and RTCP datagrams relayed", media.packets.clone());
+        registry.register("media_bytes", "Bytes of the datagrams relayed", media.bytes.clone());
+        registry.register(
+            "media_dropped",
+            "Datagrams the relay dropped, by reason (foreign, unroutable)",
+            media.dropped.clone(),
+        );
+        registry.register(
+            "media_timeouts",
+            "Calls ended with BYE because their media stopped for sip.media.timeout",
+            media.timeouts.clone(),
         );
         registry.register(
             "service_connections",

@@ -528,7 +528,17 @@ fn play_on_phone_from_um_rings_2002_and_elsewhere_gets_407() {
 /// talk and 2001's BYE ends the call (answered).
 #[test]
 fn refer_from_um_transfers_caller_to_2002() {
-    let t = um_office(&[ALICE, BOB], "", None);
+    // Every party `direct`: the SDP of RFC 3725's flow is checked byte for byte (the relayed
+    // transfer is the engine test `tests/media.rs`).
+    let direct = |e: &str| e.replace(" }", ", media = \"direct\" }");
+    let trunks =
+        format!("{}media = \"direct\"\n\n{}", um_peer(&format!("tcp:{UM}:{UM_FRONT}"), None), voicemail(""));
+    let t = SipTest::start(&pbx_config(
+        "",
+        &[&direct(ALICE), &direct(BOB)],
+        &trunks,
+        &[("2XXX", "extension", 0), ("1XXX", "exchange-um", 0)],
+    ));
     t.register("2002", "s3cret-2002", PHONE2, 5070);
     let mut bob = t.phone_uas("uas.xml", "2002", PHONE2, 5070, 1, S(20));
     let port = UM_FRONT.to_string();

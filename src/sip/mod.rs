@@ -24,6 +24,7 @@ mod error;
 mod framer;
 mod grammar;
 mod headers;
+mod media_tasks;
 mod message;
 pub mod model;
 mod parse;
@@ -45,8 +46,8 @@ pub use framer::{Frame, FrameError, StreamFramer};
 pub use headers::{canonical_name, split_list, CSeq, ContactList, MediaType, NameAddr, Param, Params, Via};
 pub use message::{Header, Message, StartLine};
 pub use model::{
-    Forward, ForwardTo, Identity, SipAddr, SipConfig, SipExtension, SipLimits, SipNat, SipTransport,
-    SipTrunk, SipVoicemail, TrunkId, TrunkKind,
+    Forward, ForwardTo, Identity, MediaMode, SipAddr, SipConfig, SipExtension, SipLimits, SipMedia, SipNat,
+    SipTransport, SipTrunk, SipVoicemail, TrunkId, TrunkKind,
 };
 pub use parse::{parse_datagram, parse_datagram_with, parse_message, Limits};
 pub use service::{SipError, SipHandle};

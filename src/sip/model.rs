@@ -5,10 +5,11 @@
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::media::ports::PortRange;
 use crate::sip::dialplan::DialPlan;
 use crate::sip::digest::Algorithm;
 use crate::tls::{CertSpec, UpstreamTls};
@@ -82,6 +83,52 @@ pub struct SipConfig {
     pub voicemail: Option<SipVoicemail>,
     pub dialplan: DialPlan,
     pub limits: SipLimits,
+    pub media: SipMedia,
+}
+
+/// `[sip.media]`: the relay every call whose caller or callee has `media = "relay"` (the
+/// default) goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SipMedia {
+    /// RTP on even ports, RTCP on the next.
+    pub ports: PortRange,
+    /// Where relay ports are bound and what SDP names, for legs of its family; None (and for
+    /// the other family): the address of the SIP listener the leg uses.
+    pub address: Option<IpAddr>,
+    /// A sendrecv stream silent this long ends its call (BYE both ways).
+    pub timeout: Duration,
+    /// The same for a stream on hold.
+    pub hold_timeout: Duration,
+}
+
+impl Default for SipMedia {
+    fn default() -> Self {
+        SipMedia {
+            ports: PortRange::new(30_000, 39_999).expect("a range of whole pairs"),
+            address: None,
+            timeout: Duration::from_secs(60),
+            hold_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Whether a party's audio goes through the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MediaMode {
+    /// Through the relay (a call is relayed when either party says so).
+    #[default]
+    Relay,
+    /// Straight between the parties when both say so (SDP passed unchanged).
+    Direct,
+}
+
+impl MediaMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaMode::Relay => "relay",
+            MediaMode::Direct => "direct",
+        }
+    }
 }
 
 /// Bounds on the state peers can make the B2BUA hold (`[sip.limits]`). Requests beyond the
@@ -142,6 +189,7 @@ pub struct SipExtension {
     pub forward: Forward,
     /// Where requests to the phone go (`engine::nat`).
     pub nat: SipNat,
+    pub media: MediaMode,
 }
 
 /// How an extension's phone is reached: its Contact, or the address its messages come from.
@@ -198,6 +246,7 @@ pub struct SipTrunk {
     /// Certificate checks of connections portier opens to a `tls:` trunk; None: not verified
     /// (warned at start).
     pub tls: Option<UpstreamTls>,
+    pub media: MediaMode,
 }
 
 impl SipTrunk {

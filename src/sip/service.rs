@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::connection::{accept_loop, ConnLimits, Connection, Timeouts};
+use super::media_tasks::MediaTasks;
 use crate::metrics::SipMetrics;
 use crate::sip::engine::{Dest, Engine, EngineOptions, Now, Outgoing, ReconfigureReport};
 use crate::sip::Frame;
@@ -151,6 +152,11 @@ pub(super) enum Inbound {
         id: u64,
         reply: oneshot::Sender<bool>,
     },
+    /// A relayed stream of call `call` was silent for its timeout.
+    MediaSilent {
+        call: u64,
+        stream: usize,
+    },
 }
 
 struct Conn {
@@ -168,6 +174,7 @@ struct Transports {
     tls: TlsClients,
     limits: ConnLimits,
     metrics: SipMetrics,
+    media: MediaTasks,
 }
 
 /// A request from the handle to the engine task.
@@ -268,6 +275,7 @@ async fn run(
         inbound: tx.clone(),
         tls: bound.tls,
         limits,
+        media: MediaTasks::new(cfg.media, &metrics.media, tx.clone()),
         metrics: metrics.clone(),
     };
     let mut engine = Engine::new(cfg.clone(), metrics, EngineOptions::random(), Now::system());
@@ -317,6 +325,7 @@ async fn run(
             c = control.recv(), if control_open => match c {
                 Some(Control::Reconfigure { cfg, reply }) => {
                     t.limits.set(cfg.limits);
+                    t.media.set_config(cfg.media);
                     // Checked before the reload went ahead (`check_certificates`).
                     match TlsClients::build(&cfg) {
                         Ok(c) => {
@@ -374,6 +383,7 @@ impl Transports {
             Inbound::Idle { id, reply } => {
                 let _ = reply.send(engine.uses_connection(id));
             }
+            Inbound::MediaSilent { call, stream } => engine.on_media_silent(call, stream, Now::system()),
         }
     }
 
@@ -386,6 +396,10 @@ impl Transports {
     }
 
     fn flush(&mut self, engine: &mut Engine) {
+        // Media first: the relay listens before the SDP naming its ports leaves.
+        for event in engine.take_media() {
+            self.media.apply(event);
+        }
         for Outgoing { dest, msg } in engine.take_output() {
             let bytes = msg.to_bytes();
             match dest.transport {

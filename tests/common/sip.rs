@@ -41,6 +41,24 @@ pub const PHONE_ADDRS: [&str; 5] = [PHONE1, PHONE2, PHONE3, PHONE4, INTRUDER];
 pub const HOME_PHONE: &str = "198.19.8.2";
 const HOME_GATEWAY: &str = "198.19.8.1";
 
+/// Log text without ANSI colour sequences and double quotes.
+pub fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else if c != '"' {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Directory of the sipp scenarios.
 pub fn scenario(name: &str) -> String {
     format!("{}/tests/data/sipp/{name}", env!("CARGO_MANIFEST_DIR"))

@@ -91,10 +91,12 @@ pub(super) fn extensions(
                 SipNat::Auto
             }
         };
+        let media = super::media::mode(c, &e.media, &field("media"));
         extensions.insert(
             n.clone(),
             SipExtension {
                 nat,
+                media,
                 name: e.name.as_ref().map(|s| s.get_ref().clone()).unwrap_or_else(|| n.clone()),
                 secret: e.secret.get_ref().clone(),
                 voicemail,

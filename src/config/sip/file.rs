@@ -24,6 +24,17 @@ pub struct SipFile {
     #[serde(default)]
     pub dialplan: Vec<DialRuleFile>,
     pub limits: Option<LimitsFile>,
+    pub media: Option<MediaFile>,
+}
+
+/// `[sip.media]`: the relay's ports, address and timeouts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaFile {
+    pub ports: Option<Spanned<String>>,
+    pub address: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub hold_timeout: Option<Spanned<String>>,
 }
 
 /// `[sip.limits]`: what one peer, or all of them, may hold of the B2BUA's state.
@@ -47,6 +58,7 @@ pub struct ExtensionFile {
     pub ring_time: Option<Spanned<String>>,
     pub forward: Option<ForwardFile>,
     pub nat: Option<Spanned<String>>,
+    pub media: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,6 +95,7 @@ pub struct TrunkFile {
     pub inbound: Option<Spanned<String>>,
     /// Both kinds, `tls:` addresses only.
     pub tls: Option<Spanned<crate::config::file::PoolTlsFile>>,
+    pub media: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,6 +6,7 @@
 mod dialplan;
 mod extensions;
 mod file;
+mod media;
 mod summary;
 mod validate;
 

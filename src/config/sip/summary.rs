@@ -1,7 +1,7 @@
 //! The `[sip]` lines of `portier check`.
 
 use crate::config::duration::format_duration;
-use crate::sip::{SipConfig, TrunkKind};
+use crate::sip::{MediaMode, SipConfig, TrunkKind};
 
 /// Lines for `portier check`.
 pub fn summary(s: &SipConfig) -> String {
@@ -17,6 +17,25 @@ pub fn summary(s: &SipConfig) -> String {
         s.trunks.len(),
         s.dialplan.rules.len()
     );
+    let m = &s.media;
+    let _ = writeln!(
+        out,
+        "  media relay: ports {}; address {}; timeout {}, on hold {}",
+        m.ports,
+        m.address.map_or("of each leg's listener".to_string(), |a| a.to_string()),
+        format_duration(m.timeout),
+        format_duration(m.hold_timeout)
+    );
+    let direct: Vec<&str> = s
+        .extensions
+        .iter()
+        .filter(|(_, e)| e.media == MediaMode::Direct)
+        .map(|(n, _)| n.as_str())
+        .chain(s.trunks.iter().filter(|(_, t)| t.media == MediaMode::Direct).map(|(n, _)| n.as_str()))
+        .collect();
+    if !direct.is_empty() {
+        let _ = writeln!(out, "  media direct for: {}", direct.join(", "));
+    }
     for (name, t) in &s.trunks {
         let what = match &t.kind {
             TrunkKind::Peer { address, trusted, options_ping } => format!(

@@ -8,8 +8,8 @@ use super::*;
 use crate::config::{parse, Config, ConfigErrors};
 use crate::sip::dialplan::Target;
 use crate::sip::{
-    Forward, ForwardTo, Identity, SipAddr, SipConfig, SipExtension, SipNat, SipTransport, SipTrunk,
-    SipVoicemail, TrunkKind,
+    Forward, ForwardTo, Identity, MediaMode, SipAddr, SipConfig, SipExtension, SipMedia, SipNat,
+    SipTransport, SipTrunk, SipVoicemail, TrunkKind,
 };
 
 const PBX: &str = include_str!("../../../configs/pbx.toml");
@@ -52,6 +52,7 @@ fn the_contract_loads_exactly_as_written() {
             ring_time: DEFAULT_RING_TIME,
             forward: Forward { always: Some(ForwardTo::Number("1900".into())), busy: None, no_answer: None },
             nat: SipNat::Auto,
+            media: MediaMode::Relay,
         }
     );
     assert!(s.extensions["2001"].voicemail && s.extensions["2001"].name == "Alice");
@@ -66,6 +67,7 @@ fn the_contract_loads_exactly_as_written() {
             },
             identity: Identity::Pai,
             tls: None,
+            media: MediaMode::Relay,
         }
     );
     assert_eq!(
@@ -81,6 +83,7 @@ fn the_contract_loads_exactly_as_written() {
             },
             identity: Identity::Rpid,
             tls: None,
+            media: MediaMode::Relay,
         }
     );
     assert_eq!(
@@ -112,6 +115,28 @@ fn defaults_apply() {
     }
     assert!(s.tls.is_none() && s.voicemail.is_none() && s.trunks.is_empty() && s.dialplan.rules.is_empty());
     assert!(parse_str(BASE).unwrap().sip.is_some());
+    assert_eq!(e.media, MediaMode::Relay);
+    assert_eq!(s.media, SipMedia::default());
+    assert_eq!(s.media.ports.to_string(), "30000-39999");
+    assert_eq!((s.media.timeout, s.media.hold_timeout), (Duration::from_secs(60), Duration::from_secs(3600)));
+}
+
+#[test]
+fn media_settings_are_read() {
+    let s = sip(&format!(
+        "{BASE}[sip.media]\nports = \"40000-40099\"\naddress = \"198.18.1.2\"\ntimeout = \"30s\"\nhold_timeout = \"2h\"\n\
+         [sip.extensions]\n2001 = {{ secret = \"x\", media = \"direct\" }}\n{TRUNK_UM}media = \"direct\"\n"
+    ));
+    assert_eq!(s.media.ports.to_string(), "40000-40099");
+    assert_eq!(s.media.ports.pairs(), 50);
+    assert_eq!(s.media.address, Some("198.18.1.2".parse().unwrap()));
+    assert_eq!((s.media.timeout, s.media.hold_timeout), (Duration::from_secs(30), Duration::from_secs(7200)));
+    assert_eq!(s.extensions["2001"].media, MediaMode::Direct);
+    assert_eq!(s.trunks["um"].media, MediaMode::Direct);
+    // A wildcard listener is fine when nothing is relayed, or when the address is given.
+    let wild = BASE.replace("udp:198.18.1.1:5060", "udp:0.0.0.0:5060");
+    sip(&format!("{wild}[sip.extensions]\n2001 = {{ secret = \"x\", media = \"direct\" }}\n"));
+    sip(&format!("{wild}[sip.media]\naddress = \"198.18.1.2\"\n"));
 }
 
 #[test]
@@ -292,6 +317,62 @@ fn malformed() -> Vec<(&'static str, String, usize, &'static str, &'static str)>
             "sip.extensions.2001.nat",
             "`yes` is not auto, force or off",
         ),
+        (
+            "bad extension media",
+            ext("2001 = { secret = \"x\", media = \"proxy\" }\n"),
+            5,
+            "sip.extensions.2001.media",
+            "`proxy` is not relay or direct",
+        ),
+        (
+            "bad trunk media",
+            format!("{BASE}{TRUNK_UM}media = \"none\"\n"),
+            8,
+            "sip.trunks.um.media",
+            "`none` is not relay or direct",
+        ),
+        (
+            "media ports with an odd first port",
+            format!("{BASE}[sip.media]\nports = \"30001-39999\"\n"),
+            5,
+            "sip.media.ports",
+            "the first port must be even",
+        ),
+        (
+            "media ports not a range",
+            format!("{BASE}[sip.media]\nports = \"30000\"\n"),
+            5,
+            "sip.media.ports",
+            "is not a range",
+        ),
+        (
+            "media ports among system ports",
+            format!("{BASE}[sip.media]\nports = \"100-2000\"\n"),
+            5,
+            "sip.media.ports",
+            "below 1024",
+        ),
+        (
+            "media address a wildcard",
+            format!("{BASE}[sip.media]\naddress = \"0.0.0.0\"\n"),
+            5,
+            "sip.media.address",
+            "cannot be named in SDP",
+        ),
+        (
+            "media timeout too short",
+            format!("{BASE}[sip.media]\ntimeout = \"500ms\"\n"),
+            5,
+            "sip.media.timeout",
+            "at least 1s",
+        ),
+        (
+            "wildcard listener without a media address",
+            BASE.replace("udp:198.18.1.1:5060", "udp:0.0.0.0:5060"),
+            2,
+            "sip.media.address",
+            "wildcard address",
+        ),
     ]
 }
 
@@ -341,6 +422,14 @@ fn summary_names_listeners_extensions_trunks_and_rules() {
     assert!(s.contains("trunk exchange-um: peer tcp:198.18.2.20:5060 trusted"), "{s}");
     assert!(s.contains("trunk isp: register 0999999999@isp.example.test at udp:198.18.3.10:5060"), "{s}");
     assert!(s.contains("dialplan 0. -> trunk isp strip 1"), "{s}");
+    assert!(
+        s.contains("media relay: ports 30000-39999; address of each leg's listener; timeout 1m, on hold 1h"),
+        "{s}"
+    );
+    assert!(!s.contains("media direct"), "{s}");
+    let direct =
+        summary(&sip(&format!("{BASE}[sip.extensions]\n2001 = {{ secret = \"x\", media = \"direct\" }}\n")));
+    assert!(direct.contains("media direct for: 2001"), "{direct}");
 }
 
 #[test]

@@ -18,7 +18,8 @@ use crate::config::validate::{span, Checker};
 use crate::sip::dialplan::is_number;
 use crate::sip::digest::Algorithm;
 use crate::sip::{
-    Identity, SipAddr, SipConfig, SipLimits, SipTransport, SipTrunk, SipVoicemail, TrunkId, TrunkKind,
+    Identity, MediaMode, SipAddr, SipConfig, SipLimits, SipTransport, SipTrunk, SipVoicemail, TrunkId,
+    TrunkKind,
 };
 
 /// Parses `transport:IP:port`.
@@ -185,8 +186,16 @@ pub(in crate::config) fn validate_sip(c: &mut Checker<'_>, f: &SipFile) -> SipCo
     }
 
     let limits = limits(c, f.limits.as_ref());
+    let relayed = extensions
+        .values()
+        .map(|e| e.media)
+        .chain(trunks.values().map(|t| t.media))
+        .any(|m| m == MediaMode::Relay)
+        || extensions.is_empty() && trunks.is_empty();
+    let media = super::media::media(c, f, &listen, relayed);
 
     SipConfig {
+        media,
         limits,
         listen,
         domain: f.domain.get_ref().clone(),
@@ -333,7 +342,8 @@ fn trunk(c: &mut Checker<'_>, n: &str, name: &Spanned<String>, t: &TrunkFile) ->
         }
     };
     let tls = trunk_tls(c, &kind, t, &field);
-    Some(SipTrunk { kind, identity, tls })
+    let media = super::media::mode(c, &t.media, &field("media"));
+    Some(SipTrunk { kind, identity, tls, media })
 }
 
 /// `tls = { verify, ca, sni }` of a trunk: as a pool's, and only where portier speaks TLS to it.

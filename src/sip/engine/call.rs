@@ -5,14 +5,16 @@
 //! are cancelled. No answer within the extension's ring time, busy and unreachable apply the
 //! extension's forwarding (a number, or its mailbox with a Diversion header).
 //!
-//! SDP passes through unchanged; `copy_body` is the one place a media relay would rewrite it.
+//! Bodies go from leg to leg through `carry_body` (`media.rs`): an SDP on a relayed call is
+//! rewritten to the relay's ports, anything else is copied unchanged.
 
 use std::time::{Duration, Instant};
 
+use crate::media::session::Side as MediaSide;
 use crate::sip::dialplan::Target as PlanTarget;
 use crate::sip::digest;
 use crate::sip::transaction::Key;
-use crate::sip::{ForwardTo, Identity, SipAddr, TrunkId, TrunkKind};
+use crate::sip::{ForwardTo, Identity, MediaMode, SipAddr, TrunkId, TrunkKind};
 use crate::sip::{Message, NameAddr};
 
 use super::auth::Challenge;
@@ -158,6 +160,8 @@ pub(super) struct Call {
     /// Why an answered call ended, for the log line: caller_bye, callee_bye, no_ack, drain;
     /// "-" otherwise.
     pub end_reason: &'static str,
+    /// The caller's `media` (its extension's or trunk's).
+    pub caller_media: MediaMode,
 }
 
 impl Call {
@@ -244,6 +248,8 @@ impl Engine {
         };
         let from_trunk = self.trusted_trunk(src.addr.ip());
         let trunk_caller = from_trunk.is_some();
+        let trunk_media =
+            self.trunks.values().find(|t| t.addr().addr.ip() == src.addr.ip()).map(|t| t.cfg.media);
         let (caller, caller_name, private, target) = match from_trunk {
             Some(kind) => {
                 let (user, name, private) = identity_of(&req);
@@ -276,6 +282,10 @@ impl Engine {
                 };
                 (user, name, private, target)
             }
+        };
+        let caller_media = match trunk_media.filter(|_| trunk_caller) {
+            Some(m) => m,
+            None => self.party_media(None, Some(&caller)),
         };
         let Some(target) = target else {
             tracing::info!(caller, dialled, "SIP: no route for the dialled number");
@@ -342,6 +352,7 @@ impl Engine {
                 diversion: None,
                 transfer: None,
                 end_reason: "-",
+                caller_media,
             },
         );
         // Stops the caller's retransmissions at once (the transaction would send it in 200 ms).
@@ -567,6 +578,9 @@ impl Engine {
             dest,
             via_local: self.local_for(dest.transport, dest.addr),
         };
+        let ext = self.calls.get(&id).and_then(|c| c.ringing_ext.clone()).filter(|_| trunk.is_none());
+        let mode = self.party_media(trunk.as_ref(), ext.as_deref());
+        self.media_for_fork(id, mode, leg.via_local);
         let Some(invite) = self.fork_invite(id, &leg, &extra, None) else { return };
         let Some(call) = self.calls.get_mut(&id) else { return };
         let fid = call.forks.len();
@@ -626,7 +640,8 @@ impl Engine {
             m.insert_header(at + i, h, v).ok()?;
         }
         if call.transfer.is_none() {
-            build::copy_body(&call.a_invite, &mut m);
+            let offer = call.a_invite.clone();
+            self.carry_body(id, MediaSide::Caller, &offer, &mut m);
         }
         Some(m)
     }
@@ -688,7 +703,7 @@ impl Engine {
                 if let Some(mut r) = build::response(&a_invite, status, &reason, Some(&a_tag)) {
                     let _ =
                         r.insert_header(r.headers().len() - 1, "Contact", &build::contact(&callee, a_local));
-                    build::copy_body(&resp, &mut r);
+                    self.carry_body(id, MediaSide::Callee, &resp, &mut r);
                     self.respond(&a_key, r, now);
                 }
             }
@@ -905,7 +920,8 @@ impl Engine {
         };
         let _ = r.insert_header(r.headers().len() - 1, "Contact", &build::contact(&callee, a_local));
         let _ = r.insert_header(r.headers().len() - 1, "Allow", ALLOW);
-        build::copy_body(resp, &mut r);
+        self.carry_body(id, MediaSide::Callee, resp, &mut r);
+        self.media_answered(id);
         if let Some(c) = self.calls.get_mut(&id) {
             c.a_final = true;
         }
@@ -1099,7 +1115,8 @@ impl Engine {
                 }
             }
         }
-        build::copy_body(&req, &mut out);
+        let from = if side == Side::A { MediaSide::Caller } else { MediaSide::Callee };
+        self.carry_body(id, from, &req, &mut out);
         self.send_request(
             out,
             leg.dest,
@@ -1122,8 +1139,12 @@ impl Engine {
         }
         let method = origin.method().unwrap_or_default().to_owned();
         let Some(mut r) = build::response(&origin, status, &reason_of(&resp), None) else { return };
-        build::copy_body(&resp, &mut r);
         let call_id = resp.call_id().unwrap_or_default();
+        let from = match self.calls.get(&id).and_then(|c| c.side(&call_id)) {
+            Some(Side::A) => MediaSide::Caller,
+            _ => MediaSide::Callee,
+        };
+        self.carry_body(id, from, &resp, &mut r);
         let origin_dest = self.server_dest.get(&server).copied();
         if (200..300).contains(&status) && (method == "INVITE" || method == "UPDATE") {
             let side_local = self.calls.get(&id).map(|c| {
@@ -1187,7 +1208,7 @@ impl Engine {
         let Some(w) = call.winner else { return };
         let leg = call.forks[w].leg.clone();
         if let Some(mut a) = self.leg_request(&leg, "ACK", leg.cseq) {
-            build::copy_body(&ack, &mut a);
+            self.carry_body(id, MediaSide::Caller, &ack, &mut a);
             self.out.push(Outgoing { dest: leg.dest, msg: a.clone() });
             if let Some(c) = self.calls.get_mut(&id) {
                 c.b_ack = Some(a);
@@ -1324,6 +1345,8 @@ impl Engine {
             }
         }
         self.metrics.call_ended(outcome);
+        let media = self.media_end(id);
+        let m = media.clone().unwrap_or_default();
         let setup_ms =
             call.answered.unwrap_or(now.mono).saturating_duration_since(call.started).as_millis() as u64;
         let talk_ms = call.answered.map_or(0, |a| now.mono.saturating_duration_since(a).as_millis() as u64);
@@ -1337,6 +1360,12 @@ impl Engine {
             end_reason = call.end_reason,
             setup_ms,
             talk_ms,
+            media = if media.is_some() { "relay" } else { "direct" },
+            packets_from_caller = m.packets[0],
+            packets_from_callee = m.packets[1],
+            bytes_from_caller = m.bytes[0],
+            bytes_from_callee = m.bytes[1],
+            foreign_dropped = m.foreign[0] + m.foreign[1],
             "sip call"
         );
     }

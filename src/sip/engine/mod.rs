@@ -15,6 +15,7 @@ mod auth;
 mod build;
 mod call;
 mod drain;
+mod media;
 mod mwi;
 mod nat;
 mod reconfigure;
@@ -40,6 +41,7 @@ use crate::sip::{judge, judge_unparsed, parse_datagram, Frame, Message, ReplyCon
 use crate::sip::{SipConfig, SipTransport, TrunkId};
 
 pub use build::BRANCH_PREFIX;
+pub use media::MediaEvent;
 pub use reconfigure::{Changes, ReconfigureReport};
 
 /// The current time, monotonic for timers and wall-clock seconds for digest nonces.
@@ -204,6 +206,7 @@ pub struct Engine {
     mwi: HashMap<String, (String, String)>,
     subscriptions: Vec<registrar::Subscription>,
     request_counters: [Option<prometheus_client::metrics::counter::Counter>; METHODS.len()],
+    media: media::MediaState,
 }
 
 impl Engine {
@@ -211,6 +214,7 @@ impl Engine {
     pub fn new(cfg: Arc<SipConfig>, metrics: SipMetrics, opts: EngineOptions, now: Now) -> Engine {
         let mut digest = DigestServer::new(cfg.domain.clone(), cfg.nonce_lifetime, opts.digest_key);
         digest.set_caps(65_536, 16_384);
+        let media = media::MediaState::new(&cfg.media);
         let mut e = Engine {
             trunks: cfg
                 .trunks
@@ -241,6 +245,7 @@ impl Engine {
             mwi: HashMap::new(),
             subscriptions: Vec::new(),
             request_counters: Default::default(),
+            media,
         };
         let ids: Vec<TrunkId> = e.trunks.keys().cloned().collect();
         for id in &ids {

@@ -173,6 +173,7 @@ impl Engine {
         self.metrics.registrations.set(self.reg.count() as i64);
 
         // The new configuration is in force from here (trunk starts use its domain).
+        self.media.reconfigure(&new.media);
         self.cfg = new.clone();
 
         // Trunks.

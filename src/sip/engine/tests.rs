@@ -58,6 +58,19 @@ strip = 1
 
 const SDP: &str = "v=0\r\no=alice 1 1 IN IP4 198.18.0.11\r\ns=-\r\nc=IN IP4 198.18.0.11\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
 
+/// `[sip]` of `text`. A configuration that does not mention media has every party's
+/// `media = "direct"`: those tests follow the signalling, and their SDP passes unchanged (the
+/// relay's tests, `tests/media.rs`, configure it).
+fn sip_config(text: &str) -> SipConfig {
+    let mut cfg =
+        crate::config::parse(text, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}")).sip.unwrap();
+    if !text.contains("media") {
+        cfg.extensions.values_mut().for_each(|e| e.media = crate::sip::MediaMode::Direct);
+        cfg.trunks.values_mut().for_each(|t| t.media = crate::sip::MediaMode::Direct);
+    }
+    cfg
+}
+
 struct H {
     e: Engine,
     now: Now,
@@ -77,7 +90,7 @@ impl H {
     /// An engine on `config` whose start-up output (the trunk's first REGISTER, pings) is
     /// still to be read.
     fn fresh(config: &str) -> H {
-        let cfg = crate::config::parse(config, Path::new("t.toml")).unwrap().sip.unwrap();
+        let cfg = sip_config(config);
         let metrics = Metrics::new();
         let opts = EngineOptions {
             timers: Timers::default(),
@@ -667,6 +680,17 @@ fn max_forwards_zero_and_loops_are_refused() {
     assert!(status(&out, 482).is_some());
 }
 
+/// UM (answered as umtag) REFERs the call it got as `fork` to 2002; `pbx` is portier's host.
+fn um_refers_to_2002(fork: &Message, pbx: &str) -> String {
+    let fork_from = fork.get("From").unwrap().value_text("From").unwrap().into_owned();
+    format!(
+        "REFER sip:2001@{pbx}:5060;transport=tcp SIP/2.0\r\nVia: SIP/2.0/TCP 198.18.2.20:5060;branch=z9hG4bKref1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:1900@198.18.2.20>;tag=umtag\r\nTo: {fork_from}\r\nCall-ID: {}\r\nCSeq: 5 REFER\r\n\
+         Contact: <sip:um@198.18.2.20:5060;transport=tcp>\r\nRefer-To: <sip:2002@pbx.example.test>\r\nContent-Length: 0\r\n\r\n",
+        fork.call_id().unwrap()
+    )
+}
+
 #[test]
 fn refer_from_voicemail_transfers_the_caller_with_third_party_sdp() {
     let mut h = H::new();
@@ -687,14 +711,7 @@ fn refer_from_voicemail_transfers_the_caller_with_third_party_sdp() {
         &request("ACK", "sip:1900@198.18.1.1", at, "2001", &to, "aa@phone", 2, "z9hG4bKack1", "", ""),
     );
 
-    let fork_from = um_inv.msg.get("From").unwrap().value_text("From").unwrap().into_owned();
-    let refer = format!(
-        "REFER sip:2001@198.18.1.1:5060;transport=tcp SIP/2.0\r\nVia: SIP/2.0/TCP 198.18.2.20:5060;branch=z9hG4bKref1\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:1900@198.18.2.20>;tag=umtag\r\nTo: {fork_from}\r\nCall-ID: {}\r\nCSeq: 5 REFER\r\n\
-         Contact: <sip:um@198.18.2.20:5060;transport=tcp>\r\nRefer-To: <sip:2002@pbx.example.test>\r\nContent-Length: 0\r\n\r\n",
-        um_inv.msg.call_id().unwrap()
-    );
-    let out = h.feed(um, &refer);
+    let out = h.feed(um, &um_refers_to_2002(&um_inv.msg, "198.18.1.1"));
     assert!(status(&out, 202).is_some(), "{:?}", out.iter().map(|o| text(&o.msg)).collect::<Vec<_>>());
     let n = method(&out, "NOTIFY").expect("sipfrag NOTIFY to UM");
     assert!(text(&n.msg).contains("SIP/2.0 100 Trying"));
@@ -793,6 +810,7 @@ fn credentials_with_an_algorithm_not_offered_are_refused() {
 
 mod drain;
 mod limits;
+mod media;
 mod reconfigure;
 
 mod robustness {

@@ -6,8 +6,7 @@ use super::*;
 impl H {
     /// Applies configuration text `config`; returns the report and what was sent.
     fn reconfigure(&mut self, config: &str) -> (ReconfigureReport, Vec<Outgoing>) {
-        let cfg = crate::config::parse(config, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
-        let r = self.e.reconfigure(Arc::new(cfg.sip.unwrap()), self.now);
+        let r = self.e.reconfigure(Arc::new(sip_config(config)), self.now);
         (r, self.e.take_output())
     }
 }

@@ -1,0 +1,155 @@
+//! The calls' side of the media relay: which calls are relayed, the SDP carried between
+//! their legs through the call's [`Session`], and the orders the service turns into relay
+//! tasks. A call is relayed when its caller or any callee it rings has `media = "relay"`;
+//! once relayed it stays so (every later fork, re-INVITE, UPDATE and ACK goes through it).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use crate::media::ports::PortPool;
+use crate::media::relay::Stats;
+use crate::media::session::{Order, Session, Side as MediaSide};
+use crate::sip::{MediaMode, Message, SipAddr, SipMedia, TrunkId};
+
+use super::{build, Engine, Now};
+
+/// What the relays must do for call `call`.
+#[derive(Debug)]
+pub enum MediaEvent {
+    Order {
+        call: u64,
+        order: Order,
+    },
+    /// The call is over: stop its relays.
+    Close {
+        call: u64,
+    },
+}
+
+pub(super) struct MediaState {
+    pool: PortPool,
+    sessions: HashMap<u64, Session>,
+    out: Vec<MediaEvent>,
+}
+
+impl MediaState {
+    pub(super) fn new(cfg: &SipMedia) -> MediaState {
+        MediaState { pool: PortPool::new(cfg.ports), sessions: HashMap::new(), out: Vec::new() }
+    }
+
+    /// A new range applies to streams opened from now on; running ones keep their ports.
+    pub(super) fn reconfigure(&mut self, cfg: &SipMedia) {
+        if self.pool.range() != cfg.ports {
+            self.pool = PortPool::new(cfg.ports);
+        }
+    }
+}
+
+/// Whether `body` of `msg` is an SDP the relay must carry (a multipart body passes as it is).
+fn is_sdp(msg: &Message) -> bool {
+    !msg.body().is_empty()
+        && build::header(msg, "Content-Type").is_some_and(|t| {
+            t.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case("application/sdp")
+        })
+}
+
+impl Engine {
+    /// The relay's address for a leg signalled from `local`.
+    fn media_address(&self, local: SipAddr) -> IpAddr {
+        match self.cfg.media.address {
+            Some(a) if a.is_ipv4() == local.addr.is_ipv4() => a,
+            _ => local.addr.ip(),
+        }
+    }
+
+    /// The media mode of a trunk or extension party.
+    pub(super) fn party_media(&self, trunk: Option<&TrunkId>, ext: Option<&str>) -> MediaMode {
+        match (trunk, ext) {
+            (Some(t), _) => self.trunks.get(t).map(|t| t.cfg.media).unwrap_or_default(),
+            (None, Some(e)) => self.cfg.extensions.get(e).map(|e| e.media).unwrap_or_default(),
+            (None, None) => MediaMode::default(),
+        }
+    }
+
+    /// Before a fork is invited: relays the call if the caller or this callee wants it.
+    pub(super) fn media_for_fork(&mut self, id: u64, callee: MediaMode, callee_local: SipAddr) {
+        if self.media.sessions.contains_key(&id) {
+            return;
+        }
+        let Some(call) = self.calls.get(&id) else { return };
+        if call.caller_media == MediaMode::Direct && callee == MediaMode::Direct {
+            return;
+        }
+        let session = Session::new(self.media_address(call.a.via_local), self.media_address(callee_local));
+        self.media.sessions.insert(id, session);
+        self.metrics.media.sessions.inc();
+    }
+
+    /// Copies `src`'s body to `dst` (see `build::copy_body`); on a relayed call an SDP is
+    /// carried from side `from` through the relay. An SDP the relay cannot take (unparsable,
+    /// no ports left) passes unchanged, with a warning: the parties may still reach each other.
+    pub(super) fn carry_body(&mut self, id: u64, from: MediaSide, src: &Message, dst: &mut Message) {
+        build::copy_body(src, dst);
+        if !is_sdp(src) {
+            return;
+        }
+        let Some(session) = self.media.sessions.get_mut(&id) else { return };
+        let before = session.ports_open();
+        match session.carry(from, src.body(), &mut self.media.pool) {
+            Ok(body) => dst.set_body(body),
+            Err(e) => {
+                tracing::warn!(call_id = %src.call_id().unwrap_or_default(), "SIP media: SDP passed unrelayed: {e}")
+            }
+        }
+        let opened = session.ports_open() - before;
+        self.metrics.media.ports.inc_by(opened as i64);
+        let orders = session.take_orders();
+        self.media.out.extend(orders.into_iter().map(|order| MediaEvent::Order { call: id, order }));
+    }
+
+    /// The call was answered: its streams' silence counts from now.
+    pub(super) fn media_answered(&mut self, id: u64) {
+        if let Some(s) = self.media.sessions.get_mut(&id) {
+            s.arm();
+            let orders = s.take_orders();
+            self.media.out.extend(orders.into_iter().map(|order| MediaEvent::Order { call: id, order }));
+        }
+    }
+
+    /// The call is over: its relays stop; its figures for the call log.
+    pub(super) fn media_end(&mut self, id: u64) -> Option<Stats> {
+        let s = self.media.sessions.remove(&id)?;
+        self.metrics.media.sessions.dec();
+        self.metrics.media.ports.dec_by(s.ports_open() as i64);
+        self.media.out.push(MediaEvent::Close { call: id });
+        Some(s.stats())
+    }
+
+    /// What the relays must do, in order.
+    pub fn take_media(&mut self) -> Vec<MediaEvent> {
+        std::mem::take(&mut self.media.out)
+    }
+
+    /// Stream `stream` of call `call` was silent for `sip.media.timeout` (its hold timeout if
+    /// held): when all its streams are, the call ends with BYE on both legs.
+    pub fn on_media_silent(&mut self, call: u64, stream: usize, now: Now) {
+        let Some(s) = self.media.sessions.get_mut(&call) else { return };
+        if !s.on_silent(stream) {
+            return;
+        }
+        let Some(c) = self.calls.get_mut(&call) else { return };
+        let Some(w) = c.winner else { return };
+        c.end_reason = "media_timeout";
+        tracing::warn!(
+            caller = %c.caller,
+            callee = %c.callee,
+            timeout_s = self.cfg.media.timeout.as_secs(),
+            "SIP: no media for the call's timeout: hanging up both legs"
+        );
+        self.metrics.media.timeouts.inc();
+        self.bye(call, super::call::Side::A, now);
+        self.bye(call, super::call::Side::Fork(w), now);
+        self.end_call(call, "answered", now);
+        self.after_event();
+    }
+}

@@ -1,0 +1,214 @@
+//! Calls through the media relay: the SDP each leg gets names the relay's ports on its side,
+//! the orders for the relay tasks follow the offer/answer, and a silent stream hangs up.
+
+use super::*;
+use crate::media::session::{Order, Side as MediaSide};
+use crate::sip::engine::MediaEvent;
+
+/// Ports nothing binds now, a different region per test (they run in parallel).
+fn free_range() -> (u16, u16) {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let base = 50_000 + 1_000 * NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    for first in (base..62_000).step_by(100) {
+        if (first..first + 20).all(|p| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
+            return (first, first + 19);
+        }
+    }
+    panic!("no free loopback port range");
+}
+
+/// Two phones and a direct trunk; SIP (and so the relay) on loopback.
+fn relayed(alice_media: &str) -> (H, u16) {
+    let (first, last) = free_range();
+    let config = format!(
+        "[sip]\nlisten = [\"udp:127.0.0.1:5060\"]\ndomain = \"pbx.example.test\"\n\
+         [sip.media]\nports = \"{first}-{last}\"\ntimeout = \"30s\"\n\
+         [sip.extensions]\n2001 = {{ name = \"Alice\", secret = \"s3cret-2001\", media = \"{alice_media}\" }}\n\
+         2003 = {{ name = \"Carol\", secret = \"s2003\", media = \"{alice_media}\" }}\n\
+         [[sip.dialplan]]\nmatch = \"2XXX\"\nto = \"extension\"\n"
+    );
+    let mut h = H::fresh(&config);
+    h.tick(Duration::ZERO);
+    h.e.take_output();
+    register(&mut h, "2001", "s3cret-2001", "198.18.0.11:5060");
+    register(&mut h, "2003", "s2003", "198.18.0.13:5060");
+    (h, first)
+}
+
+fn audio(m: &Message) -> (Option<std::net::IpAddr>, u16) {
+    let sdp = crate::media::sdp::Sdp::parse(m.body()).expect("an SDP body");
+    let a = &sdp.media()[0];
+    (a.address, a.port)
+}
+
+const LOOPBACK: Option<std::net::IpAddr> = Some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+
+/// Alice calls Carol, Carol answers: (the fork's INVITE, the 200 to Alice, media events).
+fn answered(h: &mut H, call_id: &str) -> (Message, Message, Vec<MediaEvent>) {
+    let (forks, _) = call(h, "2003", call_id, SDP);
+    let b = forks[0].msg.clone();
+    let mut events = h.e.take_media();
+    let carol = SDP.replace("198.18.0.11", "198.18.0.13").replace("4000", "5000");
+    let out = h.feed(udp("198.18.0.13:5060"), &answer(&b, 200, "OK", "carol", "198.18.0.13:5060", &carol));
+    let ok = status(&out, 200).expect("200 to the caller").msg.clone();
+    events.extend(h.e.take_media());
+    (b, ok, events)
+}
+
+#[test]
+fn each_leg_is_offered_the_relay_port_of_its_side_and_the_relay_follows_the_answer() {
+    let (mut h, first) = relayed("relay");
+    let (b, ok, events) = answered(&mut h, "relay@phone");
+    // Carol is offered the relay's callee-side port, Alice answered with the caller-side one.
+    assert_eq!(audio(&b), (LOOPBACK, first + 2), "{}", text(&b));
+    assert_eq!(audio(&ok), (LOOPBACK, first), "{}", text(&ok));
+    assert!(text(&b).contains("a=rtcp:") || !text(&b).contains("198.18.0.11"), "{}", text(&b));
+    assert!(!String::from_utf8_lossy(b.body()).contains("198.18.0.11"), "the caller's address is hidden");
+
+    let [MediaEvent::Order { order: Order::Start { stream: 0, legs, signalled, .. }, .. }, MediaEvent::Order { order: Order::Signal { side: MediaSide::Callee, endpoint, .. }, .. }, MediaEvent::Order { order: Order::Arm, .. }] =
+        &events[..]
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!([legs[0].port, legs[1].port], [first, first + 2]);
+    assert_eq!(signalled[0].rtp, Some(addr("198.18.0.11:4000")));
+    assert_eq!(endpoint.rtp, Some(addr("198.18.0.13:5000")));
+    assert!(h.metric("portier_media_sessions").contains(" 1"), "{}", h.metric("portier_media"));
+    assert!(h.metric("portier_media_ports").contains(" 4"), "{}", h.metric("portier_media"));
+
+    // Carol hangs up: the relay is closed with the call.
+    let carol_bye = format!(
+        "BYE sip:2001@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 198.18.0.13:5060;branch=z9hG4bKbye1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:x@198.18.0.13>;tag=carol\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 9 BYE\r\n\
+         Content-Length: 0\r\n\r\n",
+        b.get("From").unwrap().value_text("From").unwrap(),
+        b.call_id().unwrap()
+    );
+    let out = h.feed(udp("198.18.0.13:5060"), &carol_bye);
+    assert!(method(&out, "BYE").is_some(), "BYE to the caller");
+    assert!(matches!(&h.e.take_media()[..], [MediaEvent::Close { .. }]));
+    assert!(h.metric("portier_media_sessions").contains(" 0"));
+    assert!(h.metric("portier_media_ports").contains(" 0"));
+}
+
+#[test]
+fn a_hold_re_invite_reaches_the_relay_and_the_caller_sees_the_relay_port() {
+    let (mut h, first) = relayed("relay");
+    let (b, _ok, _) = answered(&mut h, "hold@phone");
+    let hold_sdp = SDP
+        .replace("198.18.0.11", "198.18.0.13")
+        .replace("m=audio 4000 RTP/AVP 0\r\n", "m=audio 5000 RTP/AVP 0\r\na=sendonly\r\n");
+    let reinvite = format!(
+        "INVITE sip:2001@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 198.18.0.13:5060;branch=z9hG4bKhold1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:x@198.18.0.13>;tag=carol\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 7 INVITE\r\n\
+         Contact: <sip:x@198.18.0.13:5060>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{hold_sdp}",
+        b.get("From").unwrap().value_text("From").unwrap(),
+        b.call_id().unwrap(),
+        hold_sdp.len()
+    );
+    let out = h.feed(udp("198.18.0.13:5060"), &reinvite);
+    let to_a = method(&out, "INVITE").expect("re-INVITE to the caller");
+    assert_eq!(audio(&to_a.msg), (LOOPBACK, first));
+    assert!(text(&to_a.msg).contains("a=sendonly"), "the hold is kept: {}", text(&to_a.msg));
+    let events = h.e.take_media();
+    assert!(
+        matches!(&events[..], [MediaEvent::Order { order: Order::Held { stream: 0, held: true }, .. }]),
+        "{events:?}"
+    );
+    // Alice's answer goes back to Carol on the callee-side port.
+    let held = SDP.replace("m=audio 4000 RTP/AVP 0\r\n", "m=audio 4000 RTP/AVP 0\r\na=recvonly\r\n");
+    let out =
+        h.feed(udp("198.18.0.11:5060"), &answer(&to_a.msg, 200, "OK", "t2001", "198.18.0.11:5060", &held));
+    let to_b = find(&out, |m| m.status() == Some(200) && m.cseq().unwrap().seq == 7).expect("200 to Carol");
+    assert_eq!(audio(&to_b.msg), (LOOPBACK, first + 2));
+}
+
+#[test]
+fn a_silent_call_is_hung_up_both_ways_and_counted() {
+    let (mut h, _) = relayed("relay");
+    let (b, _ok, _) = answered(&mut h, "silent@phone");
+    h.e.on_media_silent(1, 0, h.now);
+    let out = h.e.take_output();
+    let byes: Vec<_> = out.iter().filter(|o| o.msg.method() == Some("BYE")).collect();
+    assert_eq!(byes.len(), 2, "BYE to both legs");
+    assert!(byes.iter().any(|o| o.dest.addr == addr("198.18.0.11:5060")));
+    assert!(byes.iter().any(|o| o.msg.call_id().unwrap() == b.call_id().unwrap()));
+    assert_eq!(h.e.calls(), 0);
+    assert!(h.metric("portier_media_timeouts_total").contains(" 1"));
+    // A late report for a call already gone changes nothing.
+    h.e.on_media_silent(1, 0, h.now);
+    assert!(h.e.take_output().is_empty());
+}
+
+#[test]
+fn direct_parties_get_the_sdp_unchanged_and_no_relay() {
+    let (mut h, _) = relayed("direct");
+    let (b, ok, events) = answered(&mut h, "direct@phone");
+    assert_eq!(b.body(), SDP.as_bytes());
+    assert_eq!(audio(&ok), (Some("198.18.0.13".parse().unwrap()), 5000));
+    assert!(events.is_empty(), "{events:?}");
+}
+
+/// The voicemail transfer (RFC 3725 flow I) of `refer_from_voicemail_...` through the relay:
+/// the target's offer reaches the caller on the caller-side port, the caller's answer reaches
+/// the target on the callee-side port, and the callee side of the relay learns the target.
+#[test]
+fn a_transfer_moves_the_callee_side_of_the_relay_to_the_target() {
+    let (first, last) = free_range();
+    let config =
+        format!("{}\n[sip.media]\nports = \"{first}-{last}\"\n", CONFIG.replace("198.18.1.1", "127.0.0.1"));
+    let mut h = H::fresh(&config);
+    h.tick(Duration::ZERO);
+    h.e.take_output();
+    register(&mut h, "2001", "s3cret-2001", "198.18.0.11:5060");
+    register(&mut h, "2002", "s3cret-2002", "198.18.0.12:5060");
+    let (forks, _) = call(&mut h, "1900", "xfer@phone", SDP);
+    let um_inv = &forks[0];
+    assert_eq!(audio(&um_inv.msg), (LOOPBACK, first + 2), "UM is offered the callee-side port");
+    let um = Dest { transport: SipTransport::Tcp, addr: addr("198.18.2.20:5060"), conn: Some(9) };
+    let um_sdp = SDP.replace("198.18.0.11", "198.18.2.20").replace("4000", "6000");
+    let out = h.feed(um, &answer(&um_inv.msg, 200, "OK", "umtag", "198.18.2.20:5060", &um_sdp));
+    let ok = status(&out, 200).expect("answered");
+    assert_eq!(audio(&ok.msg), (LOOPBACK, first));
+    let a_tag = ok.msg.to().unwrap().tag().unwrap().to_string();
+    let to = format!("<sip:1900@pbx.example.test>;tag={a_tag}");
+    let at = addr("198.18.0.11:5060");
+    h.feed(
+        udp("198.18.0.11:5060"),
+        &request("ACK", "sip:1900@127.0.0.1", at, "2001", &to, "xfer@phone", 2, "z9hG4bKack1", "", ""),
+    );
+    h.e.take_media();
+
+    let out = h.feed(um, &um_refers_to_2002(&um_inv.msg, "127.0.0.1"));
+    let inv = method(&out, "INVITE").expect("INVITE to the transfer target");
+    assert!(inv.msg.body().is_empty(), "target invited without SDP");
+    let bob_sdp = SDP.replace("198.18.0.11", "198.18.0.12").replace("4000", "5000");
+    let out =
+        h.feed(udp("198.18.0.12:5060"), &answer(&inv.msg, 200, "OK", "bobtag", "198.18.0.12:5060", &bob_sdp));
+    let reinv = find(&out, |m| m.method() == Some("INVITE") && m.call_id().unwrap() == "xfer@phone")
+        .expect("re-INVITE to caller");
+    assert_eq!(audio(&reinv.msg), (LOOPBACK, first), "the caller keeps its relay port");
+    let events = h.e.take_media();
+    let [MediaEvent::Order { order: Order::Signal { side: MediaSide::Callee, endpoint, .. }, .. }] =
+        &events[..]
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(endpoint.rtp, Some(addr("198.18.0.12:5000")), "the relay now expects the target");
+
+    let out = h.feed(
+        udp("198.18.0.11:5060"),
+        &answer(
+            &reinv.msg,
+            200,
+            "OK",
+            "t2001",
+            "198.18.0.11:5060",
+            &SDP.replace("o=alice 1 1", "o=alice 1 2"),
+        ),
+    );
+    let ack_b =
+        find(&out, |m| m.method() == Some("ACK") && m.call_id().unwrap() == inv.msg.call_id().unwrap())
+            .expect("ACK to the target with the caller's answer");
+    assert_eq!(audio(&ack_b.msg), (LOOPBACK, first + 2));
+}
