@@ -1005,69 +1005,6 @@ fn baresip_registers_and_answers_a_call() {
     t.wait_metric("portier_sip_calls_total", &[&calls("answered")], 1.0, S(3));
 }
 
-/// baresip in the phones namespace with a generated config directory.
-struct Baresip {
-    child: Option<std::process::Child>,
-    dir: tempfile::TempDir,
-}
-
-impl Baresip {
-    fn start(t: &SipTest, ext: &str, secret: &str, ip: &str, port: u16) -> Baresip {
-        let dir = tempfile::Builder::new().prefix("portier-baresip-").tempdir().unwrap();
-        let d = dir.path();
-        std::fs::write(
-            d.join("config"),
-            format!(
-                "poll_method\t\tepoll\nsip_listen\t\t{ip}:{port}\n\
-                 audio_player\t\tnull,nodev\naudio_source\t\tausine,440\naudio_alert\t\tnull,nodev\n\
-                 ausrc_srate\t\t48000\nauplay_srate\t\t48000\nausrc_channels\t\t2\n\
-                 module_path\t\t/usr/lib/baresip/modules\nmodule\t\t\tg711.so\n\
-                 module\t\t\tausine.so\nmodule_app\t\tmenu.so\nmodule_app\t\taccount.so\n\
-                 rtp_ports\t\t41000-41100\n"
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            d.join("accounts"),
-            format!(
-                "<sip:{ext}@{DOMAIN};transport=udp>;auth_user={ext};auth_pass={secret};outbound=\"sip:{PBX}:5060\";regint=600;answermode=auto;audio_codecs=PCMA,PCMU\n"
-            ),
-        )
-        .unwrap();
-        std::fs::write(d.join("contacts"), "").unwrap();
-        let log = std::fs::File::create(d.join("out.txt")).unwrap();
-        let child = t
-            .lab
-            .phones
-            .command("baresip")
-            .args(["-f", &d.to_string_lossy(), "-n", ip])
-            .stdin(std::process::Stdio::piped())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("baresip (Debian package baresip-core)");
-        Baresip { child: Some(child), dir }
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("out.txt")).unwrap_or_default()
-    }
-
-    fn stop(&mut self) -> String {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        self.output()
-    }
-}
-
-impl Drop for Baresip {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// A TLS phone: 2002 registers over TLS from a Rust client (digest computed here), gets its
 /// CRLF keep-alive answered, and the INVITE for it arrives on that same TLS connection when
 /// 2001 (sipp over UDP) calls; its 486 reaches the caller and portier ACKs it over TLS too.

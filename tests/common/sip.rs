@@ -870,6 +870,86 @@ pub fn start_um(ns: &Netns, spawn: &Spawn) -> Sipp {
     )
 }
 
+// ---- baresip -----------------------------------------------------------------------------
+
+/// baresip in the phones namespace with a generated config directory.
+pub struct Baresip {
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Baresip {
+    /// baresip as `ext` at `ip:port`, answering calls, sending a 440 Hz tone.
+    pub fn start(t: &SipTest, ext: &str, secret: &str, ip: &str, port: u16) -> Baresip {
+        Self::start_with(t, ext, secret, ip, port, "ausine,440", &[])
+    }
+
+    /// The same with `source` as its `audio_source` and `args` added to its command line.
+    pub fn start_with(
+        t: &SipTest,
+        ext: &str,
+        secret: &str,
+        ip: &str,
+        port: u16,
+        source: &str,
+        args: &[&str],
+    ) -> Baresip {
+        let dir = tempfile::Builder::new().prefix("portier-baresip-").tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(
+            d.join("config"),
+            format!(
+                "poll_method\t\tepoll\nsip_listen\t\t{ip}:{port}\n\
+                 audio_player\t\tnull,nodev\naudio_source\t\t{source}\naudio_alert\t\tnull,nodev\n\
+                 ausrc_srate\t\t48000\nauplay_srate\t\t48000\nausrc_channels\t\t2\n\
+                 module_path\t\t/usr/lib/baresip/modules\nmodule\t\t\tg711.so\n\
+                 module\t\t\tausine.so\nmodule\t\t\taufile.so\nmodule_app\t\tmenu.so\nmodule_app\t\taccount.so\n\
+                 rtp_ports\t\t41000-41100\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("accounts"),
+            format!(
+                "<sip:{ext}@{DOMAIN};transport=udp>;auth_user={ext};auth_pass={secret};outbound=\"sip:{PBX}:5060\";regint=600;answermode=auto;audio_codecs=PCMA,PCMU\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(d.join("contacts"), "").unwrap();
+        let log = std::fs::File::create(d.join("out.txt")).unwrap();
+        let child = t
+            .lab
+            .phones
+            .command("baresip")
+            .args(["-f", &d.to_string_lossy(), "-n", ip])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("baresip (Debian package baresip-core)");
+        Baresip { child: Some(child), dir }
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("out.txt")).unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) -> String {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.output()
+    }
+}
+
+impl Drop for Baresip {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 // ---- a minimal UDP client for the digest corner cases -----------------------------------
 
 /// A REGISTER client on a UDP socket in the phones namespace.
