@@ -128,3 +128,51 @@ fn streams_past_the_cap_pass_unchanged() {
     assert_eq!(m[MAX_STREAMS].port, 4000 + 2 * MAX_STREAMS as u16);
     assert_eq!(m[MAX_STREAMS].address, Some("127.0.0.11".parse().unwrap()));
 }
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn line() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z]=[ -~]{0,30}",
+            (0u16..65535, "[0-9 ]{0,8}").prop_map(|(p, f)| format!("m=audio {p} RTP/AVP {f}")),
+            "c=IN IP4 (127\\.0\\.0\\.[0-9]|0\\.0\\.0\\.0|host\\.example)",
+            "a=(sendrecv|sendonly|recvonly|inactive|rtcp:[0-9]{1,5}|candidate:[ -~]{0,20})",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        /// Whatever both sides send, one after the other: a clean error or a body for the
+        /// other side that parses, keeps its streams, and names the relay's port on that side
+        /// for every stream the relay took; ports stay within what the streams need.
+        #[test]
+        fn any_offer_and_answer_carry_cleanly(
+            offer in proptest::collection::vec(line(), 0..14),
+            answer in proptest::collection::vec(line(), 0..14),
+            bytes in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            // One pool for every case: each case's ports close when its session ends.
+            static POOL: std::sync::OnceLock<std::sync::Mutex<PortPool>> = std::sync::OnceLock::new();
+            let mut pool = POOL.get_or_init(|| std::sync::Mutex::new(pool(2 * MAX_STREAMS as u16 + 2))).lock().unwrap();
+            let pool = &mut *pool;
+            let mut s = Session::new(LOOPBACK, LOOPBACK);
+            let _ = s.carry(Side::Caller, &bytes, pool);
+            for (from, lines) in [(Side::Caller, &offer), (Side::Callee, &answer)] {
+                let body = format!("v=0\r\no=- 1 1 IN IP4 127.0.0.9\r\ns=-\r\n{}", lines.iter().map(|l| format!("{l}\r\n")).collect::<String>());
+                let Ok(out) = s.carry(from, body.as_bytes(), pool) else { continue };
+                let (before, after) = (parsed(body.as_bytes()).media(), parsed(&out).media());
+                prop_assert_eq!(before.len(), after.len());
+                for (i, a) in after.iter().enumerate().take(MAX_STREAMS) {
+                    if let Some(ports) = s.streams.get(i).and_then(|st| st.ports) {
+                        prop_assert_eq!(a.port, ports[from.other() as usize]);
+                    }
+                }
+                prop_assert!(s.ports_open() <= 4 * MAX_STREAMS);
+            }
+            let _ = s.take_orders();
+        }
+    }
+}

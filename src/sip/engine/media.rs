@@ -125,6 +125,17 @@ impl Engine {
         Some(s.stats())
     }
 
+    /// For /status: relayed calls, ports open, the range.
+    pub(super) fn media_status(&self) -> String {
+        let ports: usize = self.media.sessions.values().map(Session::ports_open).sum();
+        format!(
+            "relayed calls {}, ports open {} of sip.media.ports {}",
+            self.media.sessions.len(),
+            ports,
+            self.media.pool.range()
+        )
+    }
+
     /// What the relays must do, in order.
     pub fn take_media(&mut self) -> Vec<MediaEvent> {
         std::mem::take(&mut self.media.out)

@@ -291,6 +291,7 @@ impl Engine {
             self.calls.values().filter(|c| c.answered.is_some()).count(),
             self.tx.len()
         );
+        let _ = writeln!(s, "  media {}", self.media_status());
         s
     }
 

@@ -75,6 +75,11 @@ fn each_leg_is_offered_the_relay_port_of_its_side_and_the_relay_follows_the_answ
     assert_eq!(endpoint.rtp, Some(addr("198.18.0.13:5000")));
     assert!(h.metric("portier_media_sessions").contains(" 1"), "{}", h.metric("portier_media"));
     assert!(h.metric("portier_media_ports").contains(" 4"), "{}", h.metric("portier_media"));
+    let status = h.e.status_text(h.now);
+    assert!(
+        status.contains(&format!("media relayed calls 1, ports open 4 of sip.media.ports {first}-")),
+        "{status}"
+    );
 
     // Carol hangs up: the relay is closed with the call.
     let carol_bye = format!(
@@ -211,4 +216,82 @@ fn a_transfer_moves_the_callee_side_of_the_relay_to_the_target() {
         find(&out, |m| m.method() == Some("ACK") && m.call_id().unwrap() == inv.msg.call_id().unwrap())
             .expect("ACK to the target with the caller's answer");
     assert_eq!(audio(&ack_b.msg), (LOOPBACK, first + 2));
+}
+
+#[test]
+fn early_media_and_a_late_offer_go_through_the_relay() {
+    let (mut h, first) = relayed("relay");
+    // Early media: the 183's SDP reaches the caller on the caller-side port.
+    let (forks, _) = call(&mut h, "2003", "early@phone", SDP);
+    let b = forks[0].msg.clone();
+    let carol = SDP.replace("198.18.0.11", "198.18.0.13").replace("4000", "5000");
+    let out = h.feed(
+        udp("198.18.0.13:5060"),
+        &answer(&b, 183, "Session Progress", "carol", "198.18.0.13:5060", &carol),
+    );
+    let progress = status(&out, 183).expect("183 relayed");
+    assert_eq!(audio(&progress.msg), (LOOPBACK, first));
+    let events = h.e.take_media();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            MediaEvent::Order { order: Order::Signal { side: MediaSide::Callee, .. }, .. }
+        )),
+        "the callee side learns the early media's address: {events:?}"
+    );
+    assert!(
+        !events.iter().any(|e| matches!(e, MediaEvent::Order { order: Order::Arm, .. })),
+        "not armed before the answer"
+    );
+
+    // A late offer: no SDP in the INVITE, the callee's 200 offers, the caller's ACK answers.
+    let (forks, _) = call(&mut h, "2003", "late@phone", "");
+    let b = forks[0].msg.clone();
+    assert!(b.body().is_empty(), "the callee is invited without SDP");
+    let out = h.feed(udp("198.18.0.13:5060"), &answer(&b, 200, "OK", "carol2", "198.18.0.13:5060", &carol));
+    let ok = status(&out, 200).expect("200 to the caller").msg.clone();
+    let (_, caller_port) = audio(&ok);
+    assert!((first..first + 20).contains(&caller_port), "offer names a relay port: {caller_port}");
+    let a_tag = ok.to().unwrap().tag().unwrap().to_string();
+    let to = format!("<sip:2003@pbx.example.test>;tag={a_tag}");
+    let ack = request(
+        "ACK",
+        "sip:2003@127.0.0.1",
+        addr("198.18.0.11:5060"),
+        "2001",
+        &to,
+        "late@phone",
+        2,
+        "z9hG4bKlateack",
+        "",
+        SDP,
+    );
+    let out = h.feed(udp("198.18.0.11:5060"), &ack);
+    let b_ack = method(&out, "ACK").expect("ACK to the callee with the caller's answer");
+    let (addr_b, port_b) = audio(&b_ack.msg);
+    assert_eq!(addr_b, LOOPBACK);
+    assert!((first..first + 20).contains(&port_b) && port_b != caller_port, "the callee-side port: {port_b}");
+}
+
+#[test]
+fn a_reload_with_new_ports_applies_to_new_calls_and_running_ones_keep_theirs() {
+    let (mut h, first) = relayed("relay");
+    let (_, ok, _) = answered(&mut h, "before@phone");
+    assert_eq!(audio(&ok), (LOOPBACK, first));
+    let (new_first, new_last) = free_range();
+    let config = format!(
+        "[sip]\nlisten = [\"udp:127.0.0.1:5060\"]\ndomain = \"pbx.example.test\"\n\
+         [sip.media]\nports = \"{new_first}-{new_last}\"\n\
+         [sip.extensions]\n2001 = {{ name = \"Alice\", secret = \"s3cret-2001\" }}\n\
+         2003 = {{ name = \"Carol\", secret = \"s2003\" }}\n\
+         [[sip.dialplan]]\nmatch = \"2XXX\"\nto = \"extension\"\n"
+    );
+    h.e.reconfigure(Arc::new(sip_config(&config)), h.now);
+    let (b, ok, _) = answered(&mut h, "after@phone");
+    assert_eq!(audio(&ok), (LOOPBACK, new_first), "the new call takes the new range");
+    assert_eq!(audio(&b), (LOOPBACK, new_first + 2));
+    assert!(
+        h.e.status_text(h.now).contains("relayed calls 2, ports open 8"),
+        "the first call kept its ports"
+    );
 }
