@@ -27,7 +27,7 @@
 //! Knobs (environment): BENCH_ROUNDS (3), BENCH_DIRECT_ROUNDS (1), BENCH_SECS (4),
 //! BENCH_THREADS ("1,2"),
 //! BENCH_HOLD (5000), BENCH_DOC (1; 0 = do not write docs/PERFORMANCE.md),
-//! BENCH_SCENARIOS (all; comma list of l4,http,close,https,handshake,memory,sip).
+//! BENCH_SCENARIOS (all; comma list of l4,http,close,https,handshake,memory,sip,media).
 //! BENCH_PORTIER_EXE (this build; another portier binary for before/after figures).
 //! BENCH_PINNED (0; 1 = both proxies started on CPUs 0..N only, portier with no thread
 //! setting, so its default scheduler for N CPUs is what is measured).
@@ -84,6 +84,8 @@ enum Target {
     Direct,
     /// The reference of the SIP rows.
     Kamailio,
+    /// The reference of the media rows.
+    Rtpengine,
 }
 
 impl Target {
@@ -94,6 +96,7 @@ impl Target {
             Target::HaproxyTuned => "haproxy-tuned",
             Target::Direct => "no-proxy",
             Target::Kamailio => "kamailio",
+            Target::Rtpengine => "rtpengine",
         }
     }
 
@@ -103,7 +106,9 @@ impl Target {
             Target::Haproxy => (VIP_V4, HAPROXY_PORTS),
             Target::HaproxyTuned => (VIP_V4, HAPROXY_TUNED_PORTS),
             Target::Direct => (lab::backend_v4(0), BACKEND_PORTS),
-            Target::Kamailio => unreachable!("Kamailio serves only the SIP rows"),
+            Target::Kamailio | Target::Rtpengine => {
+                unreachable!("Kamailio and rtpengine serve only the SIP and media rows")
+            }
         };
         SocketAddr::new(IpAddr::V4(ip), pick(ports))
     }
@@ -247,6 +252,7 @@ struct Knobs {
     doc: bool,
     only: Option<Vec<String>>,
     sip: sip::Knobs,
+    media: media::Knobs,
 }
 
 impl Knobs {
@@ -270,6 +276,7 @@ impl Knobs {
             doc: num("BENCH_DOC", 1) != 0,
             only,
             sip: sip::Knobs::from_env(),
+            media: media::Knobs::from_env(),
         }
     }
 
@@ -278,7 +285,7 @@ impl Knobs {
         self.only.as_ref().is_none_or(|l| l.iter().any(|x| x == name))
     }
 
-    /// Whether any of the HAProxy scenarios (everything but `sip`) was asked for.
+    /// Whether any of the HAProxy scenarios (everything but `sip` and `media`) was asked for.
     fn web(&self) -> bool {
         SCENARIOS.iter().any(|s| s.enabled(&self.only)) || self.wants("memory")
     }
@@ -330,6 +337,9 @@ fn main() {
     if knobs.wants("sip") {
         tools.extend(["sipp", "kamailio", "taskset", "curl"]);
     }
+    if knobs.wants("media") {
+        tools.extend(["rtpengine", "taskset"]);
+    }
     for tool in tools {
         if which(tool).is_none() {
             eprintln!("compare: {tool} not found (scripts/bench.sh installs what is missing)");
@@ -380,6 +390,12 @@ fn run(k: &Knobs) -> io::Result<Results> {
         if let Err(e) = sip::run(k, &lab, tmp.path(), &exe, &mut res) {
             eprintln!("compare: SIP part failed: {e}");
             res.failures.push(format!("SIP: {e}"));
+        }
+    }
+    if k.wants("media") {
+        if let Err(e) = media::run(k, &lab, tmp.path(), &exe, &mut res) {
+            eprintln!("compare: media part failed: {e}");
+            res.failures.push(format!("media: {e}"));
         }
     }
     Ok(res)
@@ -1478,6 +1494,10 @@ fn render(k: &Knobs, res: &Results, date: &str, took: Duration) -> String {
         s += "\n";
         s += &sip::render(k, res);
     }
+    if k.wants("media") {
+        s += "\n";
+        s += &media::render(k, res);
+    }
     if !k.web() {
         let _ = writeln!(s, "Per-round values:\n\n```");
         for ((n, id, t), v) in &res.values {
@@ -1543,3 +1563,6 @@ fn write_doc(report: &str) -> io::Result<PathBuf> {
 /// The SIP rows (portier's B2BUA against Kamailio 5.6), beside their sipp scenarios.
 #[path = "sip/mod.rs"]
 mod sip;
+
+#[path = "media/mod.rs"]
+mod media;

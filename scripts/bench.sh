@@ -14,9 +14,9 @@ cd "$(dirname "$0")/.."
 
 # The comparison's own tools (not needed by the tests, so not in deps.sh).
 missing=()
-# sip-tester is Debian's sipp; kamailio runs as the reference of the SIP rows (the package's
-# own service is not needed: the harness starts it in the lab).
-for p in haproxy wrk iperf3 openssl sip-tester kamailio; do
+# sip-tester is Debian's sipp; kamailio and rtpengine-daemon run as the references of the SIP
+# and media rows (the packages' own services are not needed: the harness starts them in the lab).
+for p in haproxy wrk iperf3 openssl sip-tester kamailio rtpengine-daemon; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then

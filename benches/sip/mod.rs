@@ -484,14 +484,17 @@ transactions_per_source = 1000000
 
 [sip.extensions]
 {ext}
+# Signalling only, as Kamailio: the media relay has its own rows (benches/media).
 [sip.trunks.load]
 kind = "peer"
 address = "udp:{client}:{UAC_PORT}"
 trusted = true
+media = "direct"
 
 [sip.trunks.far]
 kind = "peer"
 address = "udp:{uas}:{UAS_PORT}"
+media = "direct"
 
 [[sip.dialplan]]
 match = "9."
@@ -525,7 +528,7 @@ fn kamailio_args(threads: usize) -> Vec<String> {
 }
 
 /// Pins every thread of `pid` to `cpu` (threads created later inherit it).
-fn pin(pid: u32, cpu: &str) -> io::Result<()> {
+pub(super) fn pin(pid: u32, cpu: &str) -> io::Result<()> {
     let out = Command::new("taskset").args(["-a", "-p", "-c", cpu, &pid.to_string()]).output()?;
     if out.status.success() {
         Ok(())

@@ -105,17 +105,26 @@ pub async fn relay(
     // paths[leg][kind]
     let mut paths = [[r0, c0], [r1, c1]];
     let (mut held, mut armed) = (false, false);
+    // One timer for the stream, not one per packet: when it fires the stream may have been
+    // heard since, and it is set again for the deadline that follows from then.
+    let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(live.deadline(held)));
+    tokio::pin!(sleep);
     // One buffer per socket: a datagram is sent before the next is read on that socket.
     let mut bufs = [[[0u8; 2048]; KINDS]; 2];
     loop {
-        let deadline = tokio::time::Instant::from_std(live.deadline(held));
         let [[b00, b01], [b10, b11]] = &mut bufs;
         let (i, k, got) = tokio::select! {
             r = paths[0][0].socket.recv_from(b00) => (0, 0, r),
             r = paths[1][0].socket.recv_from(b10) => (1, 0, r),
             r = paths[0][1].socket.recv_from(b01) => (0, 1, r),
             r = paths[1][1].socket.recv_from(b11) => (1, 1, r),
-            _ = tokio::time::sleep_until(deadline), if armed => return End::Silent,
+            _ = &mut sleep, if armed => {
+                if live.expired(Instant::now(), held) {
+                    return End::Silent;
+                }
+                sleep.as_mut().reset(tokio::time::Instant::from_std(live.deadline(held)));
+                continue;
+            }
             c = control.recv() => {
                 match c {
                     None => return End::Stopped,
@@ -130,6 +139,8 @@ pub async fn relay(
                         live.seen(Instant::now());
                     }
                 }
+                // Hold and arming change the deadline.
+                sleep.as_mut().reset(tokio::time::Instant::from_std(live.deadline(held)));
                 continue;
             }
         };
