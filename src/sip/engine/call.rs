@@ -580,7 +580,11 @@ impl Engine {
         };
         let ext = self.calls.get(&id).and_then(|c| c.ringing_ext.clone()).filter(|_| trunk.is_none());
         let mode = self.party_media(trunk.as_ref(), ext.as_deref());
-        self.media_for_fork(id, mode, leg.via_local);
+        if let Err(e) = self.media_for_fork(id, mode, leg.via_local) {
+            let (status, reason) = Engine::media_refusal(&e);
+            self.final_a(id, status, reason, "failed", now);
+            return;
+        }
         let Some(invite) = self.fork_invite(id, &leg, &extra, None) else { return };
         let Some(call) = self.calls.get_mut(&id) else { return };
         let fid = call.forks.len();
@@ -641,7 +645,8 @@ impl Engine {
         }
         if call.transfer.is_none() {
             let offer = call.a_invite.clone();
-            self.carry_body(id, MediaSide::Caller, &offer, &mut m);
+            // Carried once already when the fork was decided (`media_for_fork`).
+            let _ = self.carry_body(id, MediaSide::Caller, &offer, &mut m);
         }
         Some(m)
     }
@@ -703,7 +708,7 @@ impl Engine {
                 if let Some(mut r) = build::response(&a_invite, status, &reason, Some(&a_tag)) {
                     let _ =
                         r.insert_header(r.headers().len() - 1, "Contact", &build::contact(&callee, a_local));
-                    self.carry_body(id, MediaSide::Callee, &resp, &mut r);
+                    let _ = self.carry_body(id, MediaSide::Callee, &resp, &mut r);
                     self.respond(&a_key, r, now);
                 }
             }
@@ -920,7 +925,7 @@ impl Engine {
         };
         let _ = r.insert_header(r.headers().len() - 1, "Contact", &build::contact(&callee, a_local));
         let _ = r.insert_header(r.headers().len() - 1, "Allow", ALLOW);
-        self.carry_body(id, MediaSide::Callee, resp, &mut r);
+        let _ = self.carry_body(id, MediaSide::Callee, resp, &mut r);
         self.media_answered(id);
         if let Some(c) = self.calls.get_mut(&id) {
             c.a_final = true;
@@ -1116,7 +1121,13 @@ impl Engine {
             }
         }
         let from = if side == Side::A { MediaSide::Caller } else { MediaSide::Callee };
-        self.carry_body(id, from, &req, &mut out);
+        if let Err(e) = self.carry_body(id, from, &req, &mut out) {
+            // A re-INVITE or UPDATE whose new SDP the relay cannot take: the session stays as
+            // it was (RFC 3261 §14.2).
+            let (status, reason) = Engine::media_refusal(&e);
+            self.reply(&key, &req, status, reason, None, now);
+            return;
+        }
         self.send_request(
             out,
             leg.dest,
@@ -1144,7 +1155,7 @@ impl Engine {
             Some(Side::A) => MediaSide::Caller,
             _ => MediaSide::Callee,
         };
-        self.carry_body(id, from, &resp, &mut r);
+        let _ = self.carry_body(id, from, &resp, &mut r);
         let origin_dest = self.server_dest.get(&server).copied();
         if (200..300).contains(&status) && (method == "INVITE" || method == "UPDATE") {
             let side_local = self.calls.get(&id).map(|c| {
@@ -1208,7 +1219,7 @@ impl Engine {
         let Some(w) = call.winner else { return };
         let leg = call.forks[w].leg.clone();
         if let Some(mut a) = self.leg_request(&leg, "ACK", leg.cseq) {
-            self.carry_body(id, MediaSide::Caller, &ack, &mut a);
+            let _ = self.carry_body(id, MediaSide::Caller, &ack, &mut a);
             self.out.push(Outgoing { dest: leg.dest, msg: a.clone() });
             if let Some(c) = self.calls.get_mut(&id) {
                 c.b_ack = Some(a);

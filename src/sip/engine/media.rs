@@ -2,13 +2,15 @@
 //! their legs through the call's [`Session`], and the orders the service turns into relay
 //! tasks. A call is relayed when its caller or any callee it rings has `media = "relay"`;
 //! once relayed it stays so (every later fork, re-INVITE, UPDATE and ACK goes through it).
+//! An offer the relay cannot take refuses the call (or the re-INVITE): 488 for an SDP that
+//! does not parse, 503 when the port range is used up.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
 use crate::media::ports::PortPool;
 use crate::media::relay::Stats;
-use crate::media::session::{Order, Session, Side as MediaSide};
+use crate::media::session::{MediaError, Order, Session, Side as MediaSide};
 use crate::sip::{MediaMode, Message, SipAddr, SipMedia, TrunkId};
 
 use super::{build, Engine, Now};
@@ -71,40 +73,75 @@ impl Engine {
         }
     }
 
-    /// Before a fork is invited: relays the call if the caller or this callee wants it.
-    pub(super) fn media_for_fork(&mut self, id: u64, callee: MediaMode, callee_local: SipAddr) {
-        if self.media.sessions.contains_key(&id) {
-            return;
+    /// Before a fork is invited: relays the call if the caller or this callee wants it, and
+    /// takes the relay's ports for the caller's offer. Err: the offer cannot be relayed (the
+    /// call is refused: 488 for an SDP that does not parse, 503 when no ports are left).
+    pub(super) fn media_for_fork(
+        &mut self,
+        id: u64,
+        callee: MediaMode,
+        callee_local: SipAddr,
+    ) -> Result<(), MediaError> {
+        let Some(call) = self.calls.get(&id) else { return Ok(()) };
+        if !self.media.sessions.contains_key(&id) {
+            if call.caller_media == MediaMode::Direct && callee == MediaMode::Direct {
+                return Ok(());
+            }
+            let session =
+                Session::new(self.media_address(call.a.via_local), self.media_address(callee_local));
+            self.media.sessions.insert(id, session);
+            self.metrics.media.sessions.inc();
         }
-        let Some(call) = self.calls.get(&id) else { return };
-        if call.caller_media == MediaMode::Direct && callee == MediaMode::Direct {
-            return;
+        let Some(call) = self.calls.get(&id) else { return Ok(()) };
+        if call.transfer.is_some() {
+            return Ok(());
         }
-        let session = Session::new(self.media_address(call.a.via_local), self.media_address(callee_local));
-        self.media.sessions.insert(id, session);
-        self.metrics.media.sessions.inc();
+        // The same offer again for a later fork allocates nothing and changes nothing.
+        let offer = call.a_invite.clone();
+        let mut scratch = offer.clone();
+        self.carry_body(id, MediaSide::Caller, &offer, &mut scratch)
     }
 
     /// Copies `src`'s body to `dst` (see `build::copy_body`); on a relayed call an SDP is
     /// carried from side `from` through the relay. An SDP the relay cannot take (unparsable,
-    /// no ports left) passes unchanged, with a warning: the parties may still reach each other.
-    pub(super) fn carry_body(&mut self, id: u64, from: MediaSide, src: &Message, dst: &mut Message) {
+    /// no ports left) is copied unchanged and the error returned (and logged): a request can
+    /// then be refused, a response still goes on (the parties may reach each other).
+    pub(super) fn carry_body(
+        &mut self,
+        id: u64,
+        from: MediaSide,
+        src: &Message,
+        dst: &mut Message,
+    ) -> Result<(), MediaError> {
         build::copy_body(src, dst);
         if !is_sdp(src) {
-            return;
+            return Ok(());
         }
-        let Some(session) = self.media.sessions.get_mut(&id) else { return };
+        let Some(session) = self.media.sessions.get_mut(&id) else { return Ok(()) };
         let before = session.ports_open();
-        match session.carry(from, src.body(), &mut self.media.pool) {
-            Ok(body) => dst.set_body(body),
-            Err(e) => {
-                tracing::warn!(call_id = %src.call_id().unwrap_or_default(), "SIP media: SDP passed unrelayed: {e}")
-            }
-        }
+        let carried = session.carry(from, src.body(), &mut self.media.pool);
         let opened = session.ports_open() - before;
         self.metrics.media.ports.inc_by(opened as i64);
         let orders = session.take_orders();
         self.media.out.extend(orders.into_iter().map(|order| MediaEvent::Order { call: id, order }));
+        match carried {
+            Ok(body) => {
+                dst.set_body(body);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(call_id = %src.call_id().unwrap_or_default(), "SIP media: SDP not relayed: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    /// The status and reason a request whose SDP the relay refused is answered with.
+    pub(super) fn media_refusal(e: &MediaError) -> (u16, &'static str) {
+        match e {
+            MediaError::Sdp(_) => (488, "Not Acceptable Here"),
+            MediaError::Ports(_) => (503, "Media Relay Unavailable"),
+        }
     }
 
     /// The call was answered: its streams' silence counts from now.

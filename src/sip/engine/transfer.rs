@@ -84,7 +84,7 @@ impl Engine {
             self.cancel_fork(id, f, now);
         }
         if let Some(mut inv) = self.leg_request(&a, "INVITE", a.cseq) {
-            self.carry_body(id, crate::media::session::Side::Callee, resp, &mut inv);
+            let _ = self.carry_body(id, crate::media::session::Side::Callee, resp, &mut inv);
             self.send_request(inv, a.dest, Purpose::Reoffer { call: id }, now);
         }
         if let Some(r) = referrer {
@@ -112,7 +112,7 @@ impl Engine {
                 self.out.push(Outgoing { dest: a.dest, msg: ack });
             }
             if let Some(mut ack) = self.leg_request(&target, "ACK", target.cseq) {
-                self.carry_body(id, crate::media::session::Side::Caller, &resp, &mut ack);
+                let _ = self.carry_body(id, crate::media::session::Side::Caller, &resp, &mut ack);
                 self.out.push(Outgoing { dest: target.dest, msg: ack.clone() });
                 if let Some(c) = self.calls.get_mut(&id) {
                     c.b_ack = Some(ack);

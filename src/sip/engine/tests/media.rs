@@ -295,3 +295,114 @@ fn a_reload_with_new_ports_applies_to_new_calls_and_running_ones_keep_theirs() {
         "the first call kept its ports"
     );
 }
+
+#[test]
+fn an_offer_the_relay_cannot_take_refuses_the_call_and_a_bad_reinvite_changes_nothing() {
+    // One call's worth of ports (two pairs): the second call finds none.
+    let (first, _) = free_range();
+    let config = format!(
+        "[sip]\nlisten = [\"udp:127.0.0.1:5060\"]\ndomain = \"pbx.example.test\"\n\
+         [sip.media]\nports = \"{first}-{}\"\n\
+         [sip.extensions]\n2001 = {{ name = \"Alice\", secret = \"s3cret-2001\" }}\n\
+         2003 = {{ name = \"Carol\", secret = \"s2003\" }}\n\
+         [[sip.dialplan]]\nmatch = \"2XXX\"\nto = \"extension\"\n",
+        first + 3
+    );
+    let mut h = H::fresh(&config);
+    h.tick(Duration::ZERO);
+    h.e.take_output();
+    register(&mut h, "2001", "s3cret-2001", "198.18.0.11:5060");
+    register(&mut h, "2003", "s2003", "198.18.0.13:5060");
+    // The orders hold the first call's sockets (the relay tasks would): keep them open.
+    let (b, _, _held) = answered(&mut h, "one@phone");
+
+    // The second call: no ports left, refused with 503 before Carol's phone rings.
+    let at = addr("198.18.0.11:5060");
+    let ruri = "sip:2003@pbx.example.test";
+    let out = h.feed(
+        udp("198.18.0.11:5060"),
+        &request(
+            "INVITE",
+            ruri,
+            at,
+            "2001",
+            "<sip:2003@pbx.example.test>",
+            "two@phone",
+            1,
+            "z9hG4bKtwo1",
+            "",
+            SDP,
+        ),
+    );
+    let c = status(&out, 407).expect("challenged first");
+    let auth = creds(&c.msg, "Proxy-Authenticate", "INVITE", ruri, "2001", "s3cret-2001", 1);
+    let out = h.feed(
+        udp("198.18.0.11:5060"),
+        &request(
+            "INVITE",
+            ruri,
+            at,
+            "2001",
+            "<sip:2003@pbx.example.test>",
+            "two@phone",
+            2,
+            "z9hG4bKtwo2",
+            &format!("Proxy-Authorization: {auth}\r\n"),
+            SDP,
+        ),
+    );
+    let refused = status(&out, 503).expect("503 when the relay has no ports");
+    assert!(text(&refused.msg).contains("Media Relay Unavailable"), "{}", text(&refused.msg));
+    assert!(method(&out, "INVITE").is_none(), "Carol is not rung");
+
+    // Unparsable SDP from the caller: 488.
+    let bad = "v=0\r\nthis is not sdp\r\n";
+    let out = h.feed(
+        udp("198.18.0.11:5060"),
+        &request(
+            "INVITE",
+            ruri,
+            at,
+            "2001",
+            "<sip:2003@pbx.example.test>",
+            "bad@phone",
+            1,
+            "z9hG4bKbad1",
+            "",
+            bad,
+        ),
+    );
+    let c = status(&out, 407).expect("challenged first");
+    let auth = creds(&c.msg, "Proxy-Authenticate", "INVITE", ruri, "2001", "s3cret-2001", 1);
+    let out = h.feed(
+        udp("198.18.0.11:5060"),
+        &request(
+            "INVITE",
+            ruri,
+            at,
+            "2001",
+            "<sip:2003@pbx.example.test>",
+            "bad@phone",
+            2,
+            "z9hG4bKbad2",
+            &format!("Proxy-Authorization: {auth}\r\n"),
+            bad,
+        ),
+    );
+    assert!(status(&out, 488).is_some(), "488 for an SDP that does not parse");
+    assert!(method(&out, "INVITE").is_none());
+
+    // In the first call, Carol re-INVITEs with garbage: 488 to her, nothing to Alice.
+    let reinvite = format!(
+        "INVITE sip:2001@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 198.18.0.13:5060;branch=z9hG4bKre1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:x@198.18.0.13>;tag=carol\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 7 INVITE\r\n\
+         Contact: <sip:x@198.18.0.13:5060>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{bad}",
+        b.get("From").unwrap().value_text("From").unwrap(),
+        b.call_id().unwrap(),
+        bad.len()
+    );
+    let out = h.feed(udp("198.18.0.13:5060"), &reinvite);
+    assert!(status(&out, 488).is_some_and(|r| r.dest.addr == addr("198.18.0.13:5060")), "488 back to Carol");
+    assert!(method(&out, "INVITE").is_none(), "nothing relayed to Alice");
+    assert_eq!(h.e.calls(), 1, "the first call goes on");
+}
