@@ -15,6 +15,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::latch::{Latch, Liveness, Verdict};
+use super::rtcp::{first_report, Report};
 
 /// RTP or RTCP.
 const KINDS: usize = 2;
@@ -52,6 +53,9 @@ pub struct Counters {
     pub foreign: [AtomicU64; 2],
     /// Dropped: the other endpoint has neither sent nor signalled an address yet.
     pub unroutable: [AtomicU64; 2],
+    /// The last RTCP reception report each endpoint sent (what it receives), packed by
+    /// `pack_report`; 0: none yet.
+    pub report: [AtomicU64; 2],
 }
 
 /// A plain copy of [`Counters`].
@@ -61,6 +65,26 @@ pub struct Stats {
     pub bytes: [u64; 2],
     pub foreign: [u64; 2],
     pub unroutable: [u64; 2],
+    /// The last reception report from each endpoint about what it received.
+    pub report: [Option<Report>; 2],
+}
+
+/// A report in one word: fraction lost (bits 56-63), cumulative lost (32-55), present (31),
+/// jitter (0-30, saturated: 2^31 timestamp units is hours at any clock).
+fn pack_report(r: Report) -> u64 {
+    u64::from(r.fraction_lost) << 56
+        | (u64::from(r.cumulative_lost as u32) & 0xff_ffff) << 32
+        | 1 << 31
+        | u64::from(r.jitter.min(0x7fff_ffff))
+}
+
+fn unpack_report(v: u64) -> Option<Report> {
+    (v >> 31 & 1 == 1).then_some(Report {
+        fraction_lost: (v >> 56) as u8,
+        // Sign-extend the 24-bit count.
+        cumulative_lost: (((v >> 32) as u32) << 8) as i32 >> 8,
+        jitter: (v & 0x7fff_ffff) as u32,
+    })
 }
 
 impl Counters {
@@ -71,6 +95,10 @@ impl Counters {
             bytes: r(&self.bytes),
             foreign: r(&self.foreign),
             unroutable: r(&self.unroutable),
+            report: [
+                unpack_report(self.report[0].load(Relaxed)),
+                unpack_report(self.report[1].load(Relaxed)),
+            ],
         }
     }
 }
@@ -153,6 +181,11 @@ pub async fn relay(
             continue;
         }
         live.seen(now);
+        if k == 1 {
+            if let Some(r) = first_report(&bufs[i][k][..n]) {
+                counters.report[i].store(pack_report(r), Relaxed);
+            }
+        }
         let j = 1 - i;
         let Some(to) = paths[j][k].latch.target() else {
             counters.unroutable[i].fetch_add(1, Relaxed);
@@ -237,7 +270,9 @@ mod tests {
         r.ends[1][0].send_to(&dtmf, r.relay[1][0]).await.unwrap();
         assert_eq!(recv(&r.ends[0][0]).await, dtmf, "B to A must arrive unchanged");
         // RTCP (a receiver report) on the RTCP ports, to the other side's RTCP endpoint.
-        let rr = [0x81, 201, 0, 7, 1, 2, 3, 4];
+        // A receiver report: fraction lost 64/256, 3 lost in all, jitter 80.
+        let mut rr = vec![0x81, 201, 0, 7, 0, 0, 0, 1, 0, 0, 0, 2, 64, 0, 0, 3, 0, 0, 0x10, 0, 0, 0, 0, 80];
+        rr.extend_from_slice(&[0; 8]);
         r.ends[1][1].send_to(&rr, r.relay[1][1]).await.unwrap();
         assert_eq!(recv(&r.ends[0][1]).await, rr);
 
@@ -255,6 +290,19 @@ mod tests {
         assert_eq!(s.packets, [3, 2]);
         assert_eq!(s.bytes[0], (voice.len() * 2 + dtmf.len()) as u64);
         assert_eq!(s.foreign, [5, 0]);
+        assert_eq!(s.report, [None, Some(Report { fraction_lost: 64, cumulative_lost: 3, jitter: 80 })]);
+    }
+
+    #[test]
+    fn reports_pack_into_one_word_and_back() {
+        for r in [
+            Report { fraction_lost: 255, cumulative_lost: -1, jitter: 0x7fff_ffff },
+            Report { fraction_lost: 0, cumulative_lost: 0x7f_ffff, jitter: 0 },
+            Report { fraction_lost: 3, cumulative_lost: -0x80_0000, jitter: 160 },
+        ] {
+            assert_eq!(unpack_report(pack_report(r)), Some(r));
+        }
+        assert_eq!(unpack_report(0), None);
     }
 
     #[tokio::test]

@@ -198,6 +198,25 @@ impl Sdp {
             .collect()
     }
 
+    /// The RTP clock rate of stream `i`'s first format: its `a=rtpmap`, else the static
+    /// payload type's (RFC 3551); None when neither says.
+    pub fn clock_rate(&self, i: usize) -> Option<u32> {
+        let range = self.sections().into_iter().nth(i)?;
+        let sec = &self.lines[range];
+        let (_, _, _, formats) = parse_m(&sec[0].value)?;
+        let pt = formats.first()?;
+        let mapped = sec.iter().filter(|l| l.kind == b'a').find_map(|l| {
+            let (p, enc) = l.value.strip_prefix("rtpmap:")?.split_once(' ')?;
+            (p == pt).then(|| enc.split('/').nth(1)?.trim().parse().ok()).flatten()
+        });
+        mapped.or(match pt.parse::<u8>().ok()? {
+            0..=9 | 12 | 13 | 15 | 18 => Some(8_000),
+            10 | 11 => Some(44_100),
+            14 | 25 | 26 | 28 | 31..=34 => Some(90_000),
+            _ => None,
+        })
+    }
+
     /// Points stream `i` at `relay[i]` (None: left as it is; a stream with port 0 is never
     /// touched): its `c=` and `m=` port, `a=rtcp` to the next port, ICE lines removed. A held
     /// stream (`c=0.0.0.0`) keeps that address, so the hold still reads as one. A stream left

@@ -51,6 +51,13 @@ impl Endpoint {
     }
 }
 
+/// An endpoint's last RTCP reception report, in the call log's units.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reported {
+    pub loss_percent: f64,
+    pub jitter_ms: Option<f64>,
+}
+
 /// What the relays must do, in order.
 #[derive(Debug)]
 pub enum Order {
@@ -91,6 +98,8 @@ struct Stream {
     held: [bool; 2],
     counters: Arc<Counters>,
     silent: bool,
+    /// The RTP clock of its codec (from the latest SDP), to read RTCP jitter in time.
+    clock: Option<u32>,
 }
 
 impl Stream {
@@ -126,7 +135,8 @@ impl Session {
         let mut sdp = Sdp::parse(body)?;
         let to = from.other();
         let mut relay = Vec::new();
-        for (i, m) in sdp.media().iter().enumerate() {
+        let media = sdp.media();
+        for (i, m) in media.iter().enumerate() {
             if i >= MAX_STREAMS {
                 break;
             }
@@ -146,7 +156,9 @@ impl Session {
                     self.orders.push(Order::Held { stream: i, held: s.held() });
                 }
             }
-            let s = &self.streams[i];
+            let clock = sdp.clock_rate(i);
+            let s = &mut self.streams[i];
+            s.clock = clock.or(s.clock);
             relay.push(
                 s.ports.map(|p| RelayPort { address: self.addresses[to as usize], port: p[to as usize] }),
             );
@@ -169,7 +181,14 @@ impl Session {
         let mut h = [false; 2];
         h[from as usize] = held;
         let counters = Arc::new(Counters::default());
-        let mut s = Stream { ports: None, signalled, held: h, counters: counters.clone(), silent: false };
+        let mut s = Stream {
+            ports: None,
+            signalled,
+            held: h,
+            counters: counters.clone(),
+            silent: false,
+            clock: None,
+        };
         if m.port != 0 {
             let caller = pool.open(self.addresses[0])?;
             let callee = pool.open(self.addresses[1])?;
@@ -220,12 +239,30 @@ impl Session {
         self.streams.iter().filter(|s| s.ports.is_some()).count() * 4
     }
 
+    /// What each side's RTCP last reported about the audio it receives (0: the caller), from
+    /// the first stream with a report: loss in percent since the report before, jitter in
+    /// milliseconds when the codec's clock is known.
+    pub fn reported(&self) -> [Option<Reported>; 2] {
+        let mut out = [None, None];
+        for (side, slot) in out.iter_mut().enumerate() {
+            *slot = self.streams.iter().find_map(|s| {
+                let r = s.counters.read().report[side]?;
+                Some(Reported {
+                    loss_percent: r.loss_percent(),
+                    jitter_ms: s.clock.map(|c| f64::from(r.jitter) * 1000.0 / f64::from(c)),
+                })
+            });
+        }
+        out
+    }
+
     /// The call's figures so far, all streams together (0: caller to callee).
     pub fn stats(&self) -> Stats {
         let mut t = Stats::default();
         for s in &self.streams {
             let r = s.counters.read();
             for d in 0..2 {
+                t.report[d] = t.report[d].or(r.report[d]);
                 t.packets[d] += r.packets[d];
                 t.bytes[d] += r.bytes[d];
                 t.foreign[d] += r.foreign[d];

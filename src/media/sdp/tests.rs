@@ -107,6 +107,17 @@ fn the_origin_version_moves_only_when_the_body_changes() {
 }
 
 #[test]
+fn clock_rates_come_from_rtpmap_or_the_static_table() {
+    let body = "v=0\r\no=- 1 1 IN IP4 198.18.0.11\r\ns=-\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8 101\r\n\
+                m=audio 4002 RTP/AVP 96\r\na=rtpmap:96 opus/48000/2\r\nm=video 4004 RTP/AVP 97\r\n";
+    let sdp = Sdp::parse(body.as_bytes()).unwrap();
+    assert_eq!(sdp.clock_rate(0), Some(8_000), "PCMA, static");
+    assert_eq!(sdp.clock_rate(1), Some(48_000), "opus from its rtpmap");
+    assert_eq!(sdp.clock_rate(2), None, "a dynamic type without rtpmap");
+    assert_eq!(sdp.clock_rate(3), None, "no such stream");
+}
+
+#[test]
 fn bad_bodies_name_their_line() {
     for (body, line) in [
         ("", 1),

@@ -1357,7 +1357,14 @@ impl Engine {
         }
         self.metrics.call_ended(outcome);
         let media = self.media_end(id);
-        let m = media.clone().unwrap_or_default();
+        let relayed = media.is_some();
+        let (m, reported) = media.unwrap_or_default();
+        let loss = |r: Option<crate::media::session::Reported>| {
+            r.map_or("-".to_string(), |r| format!("{:.1}", r.loss_percent))
+        };
+        let jitter = |r: Option<crate::media::session::Reported>| {
+            r.and_then(|r| r.jitter_ms).map_or("-".to_string(), |j| format!("{j:.1}"))
+        };
         let setup_ms =
             call.answered.unwrap_or(now.mono).saturating_duration_since(call.started).as_millis() as u64;
         let talk_ms = call.answered.map_or(0, |a| now.mono.saturating_duration_since(a).as_millis() as u64);
@@ -1371,12 +1378,16 @@ impl Engine {
             end_reason = call.end_reason,
             setup_ms,
             talk_ms,
-            media = if media.is_some() { "relay" } else { "direct" },
+            media = if relayed { "relay" } else { "direct" },
             packets_from_caller = m.packets[0],
             packets_from_callee = m.packets[1],
             bytes_from_caller = m.bytes[0],
             bytes_from_callee = m.bytes[1],
             foreign_dropped = m.foreign[0] + m.foreign[1],
+            loss_reported_by_caller = %loss(reported[0]),
+            jitter_ms_reported_by_caller = %jitter(reported[0]),
+            loss_reported_by_callee = %loss(reported[1]),
+            jitter_ms_reported_by_callee = %jitter(reported[1]),
             "sip call"
         );
     }

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use crate::media::ports::PortPool;
 use crate::media::relay::Stats;
-use crate::media::session::{MediaError, Order, Session, Side as MediaSide};
+use crate::media::session::{MediaError, Order, Reported, Session, Side as MediaSide};
 use crate::sip::{MediaMode, Message, SipAddr, SipMedia, TrunkId};
 
 use super::{build, Engine, Now};
@@ -154,12 +154,12 @@ impl Engine {
     }
 
     /// The call is over: its relays stop; its figures for the call log.
-    pub(super) fn media_end(&mut self, id: u64) -> Option<Stats> {
+    pub(super) fn media_end(&mut self, id: u64) -> Option<(Stats, [Option<Reported>; 2])> {
         let s = self.media.sessions.remove(&id)?;
         self.metrics.media.sessions.dec();
         self.metrics.media.ports.dec_by(s.ports_open() as i64);
         self.media.out.push(MediaEvent::Close { call: id });
-        Some(s.stats())
+        Some((s.stats(), s.reported()))
     }
 
     /// For /status: relayed calls, ports open, the range.
