@@ -8,8 +8,9 @@ use crate::sip::engine::MediaEvent;
 /// Ports nothing binds now, a different region per test (they run in parallel).
 fn free_range() -> (u16, u16) {
     static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let base = 50_000 + 1_000 * NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    for first in (base..62_000).step_by(100) {
+    // Ten regions of 50000-59999; 60000 and up is the property test's.
+    let base = 50_000 + 1_000 * (NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10);
+    for first in (base..base + 1_000).step_by(100) {
         if (first..first + 20).all(|p| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
             return (first, first + 19);
         }
@@ -20,6 +21,10 @@ fn free_range() -> (u16, u16) {
 /// Two phones and a direct trunk; SIP (and so the relay) on loopback.
 fn relayed(alice_media: &str) -> (H, u16) {
     let (first, last) = free_range();
+    relayed_in(first, last, alice_media)
+}
+
+fn relayed_in(first: u16, last: u16, alice_media: &str) -> (H, u16) {
     let config = format!(
         "[sip]\nlisten = [\"udp:127.0.0.1:5060\"]\ndomain = \"pbx.example.test\"\n\
          [sip.media]\nports = \"{first}-{last}\"\ntimeout = \"30s\"\n\
@@ -39,6 +44,18 @@ fn audio(m: &Message) -> (Option<std::net::IpAddr>, u16) {
     let sdp = crate::media::sdp::Sdp::parse(m.body()).expect("an SDP body");
     let a = &sdp.media()[0];
     (a.address, a.port)
+}
+
+/// Carol's re-INVITE (CSeq 7, branch `branch`) in the dialog of the fork INVITE `b`.
+fn carol_reinvites(b: &Message, branch: &str, sdp: &str) -> String {
+    format!(
+        "INVITE sip:2001@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 198.18.0.13:5060;branch={branch}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:x@198.18.0.13>;tag=carol\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 7 INVITE\r\n\
+         Contact: <sip:x@198.18.0.13:5060>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        b.get("From").unwrap().value_text("From").unwrap(),
+        b.call_id().unwrap(),
+        sdp.len()
+    )
 }
 
 const LOOPBACK: Option<std::net::IpAddr> = Some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
@@ -103,14 +120,7 @@ fn a_hold_re_invite_reaches_the_relay_and_the_caller_sees_the_relay_port() {
     let hold_sdp = SDP
         .replace("198.18.0.11", "198.18.0.13")
         .replace("m=audio 4000 RTP/AVP 0\r\n", "m=audio 5000 RTP/AVP 0\r\na=sendonly\r\n");
-    let reinvite = format!(
-        "INVITE sip:2001@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 198.18.0.13:5060;branch=z9hG4bKhold1\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:x@198.18.0.13>;tag=carol\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 7 INVITE\r\n\
-         Contact: <sip:x@198.18.0.13:5060>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{hold_sdp}",
-        b.get("From").unwrap().value_text("From").unwrap(),
-        b.call_id().unwrap(),
-        hold_sdp.len()
-    );
+    let reinvite = carol_reinvites(&b, "z9hG4bKhold1", &hold_sdp);
     let out = h.feed(udp("198.18.0.13:5060"), &reinvite);
     let to_a = method(&out, "INVITE").expect("re-INVITE to the caller");
     assert_eq!(audio(&to_a.msg), (LOOPBACK, first));
@@ -393,16 +403,53 @@ fn an_offer_the_relay_cannot_take_refuses_the_call_and_a_bad_reinvite_changes_no
     assert!(method(&out, "INVITE").is_none());
 
     // In the first call, Carol re-INVITEs with garbage: 488 to her, nothing to Alice.
-    let reinvite = format!(
-        "INVITE sip:2001@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 198.18.0.13:5060;branch=z9hG4bKre1\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:x@198.18.0.13>;tag=carol\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 7 INVITE\r\n\
-         Contact: <sip:x@198.18.0.13:5060>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{bad}",
-        b.get("From").unwrap().value_text("From").unwrap(),
-        b.call_id().unwrap(),
-        bad.len()
-    );
+    let reinvite = carol_reinvites(&b, "z9hG4bKre1", bad);
     let out = h.feed(udp("198.18.0.13:5060"), &reinvite);
     assert!(status(&out, 488).is_some_and(|r| r.dest.addr == addr("198.18.0.13:5060")), "488 back to Carol");
     assert!(method(&out, "INVITE").is_none(), "nothing relayed to Alice");
     assert_eq!(h.e.calls(), 1, "the first call goes on");
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn line() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z]=[ -~]{0,30}",
+            (0u16..65535, "[0-9 ]{0,6}").prop_map(|(p, f)| format!("m=audio {p} RTP/AVP {f}")),
+            "c=IN IP4 (198\\.18\\.0\\.[0-9]|0\\.0\\.0\\.0)",
+            "a=(sendrecv|sendonly|inactive|rtcp:[0-9]{1,5})",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// In a relayed call, whatever SDP the callee re-INVITEs with: no panic, every message
+        /// sent parses, and the re-INVITE is either relayed to the caller naming the relay or
+        /// refused back to the callee.
+        #[test]
+        fn any_reinvite_sdp_is_relayed_or_refused(lines in proptest::collection::vec(line(), 0..12)) {
+            // Its own ports (each case's close when it ends), apart from the other tests'.
+            let (mut h, _) = relayed_in(60_000, 60_019, "relay");
+            let (b, _ok, _held) = answered(&mut h, "prop@phone");
+            let body = format!("v=0\r\no=x 1 2 IN IP4 198.18.0.13\r\ns=-\r\n{}", lines.iter().map(|l| format!("{l}\r\n")).collect::<String>());
+            let reinvite = carol_reinvites(&b, "z9hG4bKp1", &body);
+            let out = h.feed(udp("198.18.0.13:5060"), &reinvite);
+            for o in &out {
+                prop_assert!(crate::sip::parse_datagram(&o.msg.to_bytes()).is_ok(), "{}", text(&o.msg));
+            }
+            let relayed = method(&out, "INVITE");
+            let refused = find(&out, |m| matches!(m.status(), Some(488 | 503)));
+            prop_assert!(relayed.is_some() != refused.is_some(), "{:?}", out.iter().map(|o| text(&o.msg)).collect::<Vec<_>>());
+            if let Some(r) = relayed {
+                let sdp = crate::media::sdp::Sdp::parse(r.msg.body()).expect("a relayed SDP parses");
+                for m in sdp.media().iter().filter(|m| m.port != 0).take(crate::media::session::MAX_STREAMS) {
+                    prop_assert!(m.address.is_none_or(|a| a == LOOPBACK.unwrap() || a.is_unspecified()), "{m:?}");
+                }
+            }
+            drop(h.e.take_media());
+        }
+    }
 }
