@@ -247,6 +247,15 @@ fn register_naming(h: &mut H, user: &str, pw: &str, at: &str, contact: &str) {
 
 /// 2001 at .11 calls `number`: returns the fork INVITEs that left and the caller's INVITE.
 fn call(h: &mut H, number: &str, call_id: &str, body: &str) -> (Vec<Outgoing>, Message) {
+    let (out, invite) = call_out(h, number, call_id, body);
+    assert!(status(&out, 100).is_some(), "100 Trying at once");
+    let forks = out.into_iter().filter(|o| o.msg.method() == Some("INVITE")).collect();
+    (forks, invite)
+}
+
+/// Alice (2001 at .11) INVITEs `number`, is challenged and sends it again with credentials:
+/// everything the engine sent after that, and the authenticated INVITE.
+fn call_out(h: &mut H, number: &str, call_id: &str, body: &str) -> (Vec<Outgoing>, Message) {
     let at = addr("198.18.0.11:5060");
     let ruri = format!("sip:{number}@pbx.example.test");
     let to = format!("<{ruri}>");
@@ -269,9 +278,7 @@ fn call(h: &mut H, number: &str, call_id: &str, body: &str) -> (Vec<Outgoing>, M
         body,
     );
     let out = h.feed(udp("198.18.0.11:5060"), &invite);
-    assert!(status(&out, 100).is_some(), "100 Trying at once");
-    let forks = out.into_iter().filter(|o| o.msg.method() == Some("INVITE")).collect();
-    (forks, crate::sip::parse_datagram(invite.as_bytes()).unwrap())
+    (out, crate::sip::parse_datagram(invite.as_bytes()).unwrap())
 }
 
 /// 2002 at .12 sends REGISTER number `cseq` with `auth`.

@@ -327,78 +327,14 @@ fn an_offer_the_relay_cannot_take_refuses_the_call_and_a_bad_reinvite_changes_no
     let (b, _, _held) = answered(&mut h, "one@phone");
 
     // The second call: no ports left, refused with 503 before Carol's phone rings.
-    let at = addr("198.18.0.11:5060");
-    let ruri = "sip:2003@pbx.example.test";
-    let out = h.feed(
-        udp("198.18.0.11:5060"),
-        &request(
-            "INVITE",
-            ruri,
-            at,
-            "2001",
-            "<sip:2003@pbx.example.test>",
-            "two@phone",
-            1,
-            "z9hG4bKtwo1",
-            "",
-            SDP,
-        ),
-    );
-    let c = status(&out, 407).expect("challenged first");
-    let auth = creds(&c.msg, "Proxy-Authenticate", "INVITE", ruri, "2001", "s3cret-2001", 1);
-    let out = h.feed(
-        udp("198.18.0.11:5060"),
-        &request(
-            "INVITE",
-            ruri,
-            at,
-            "2001",
-            "<sip:2003@pbx.example.test>",
-            "two@phone",
-            2,
-            "z9hG4bKtwo2",
-            &format!("Proxy-Authorization: {auth}\r\n"),
-            SDP,
-        ),
-    );
+    let (out, _) = call_out(&mut h, "2003", "two@phone", SDP);
     let refused = status(&out, 503).expect("503 when the relay has no ports");
     assert!(text(&refused.msg).contains("Media Relay Unavailable"), "{}", text(&refused.msg));
     assert!(method(&out, "INVITE").is_none(), "Carol is not rung");
 
     // Unparsable SDP from the caller: 488.
     let bad = "v=0\r\nthis is not sdp\r\n";
-    let out = h.feed(
-        udp("198.18.0.11:5060"),
-        &request(
-            "INVITE",
-            ruri,
-            at,
-            "2001",
-            "<sip:2003@pbx.example.test>",
-            "bad@phone",
-            1,
-            "z9hG4bKbad1",
-            "",
-            bad,
-        ),
-    );
-    let c = status(&out, 407).expect("challenged first");
-    let auth = creds(&c.msg, "Proxy-Authenticate", "INVITE", ruri, "2001", "s3cret-2001", 1);
-    let out = h.feed(
-        udp("198.18.0.11:5060"),
-        &request(
-            "INVITE",
-            ruri,
-            at,
-            "2001",
-            "<sip:2003@pbx.example.test>",
-            "bad@phone",
-            2,
-            "z9hG4bKbad2",
-            &format!("Proxy-Authorization: {auth}\r\n"),
-            bad,
-        ),
-    );
+    let (out, _) = call_out(&mut h, "2003", "bad@phone", bad);
     assert!(status(&out, 488).is_some(), "488 for an SDP that does not parse");
     assert!(method(&out, "INVITE").is_none());
 
