@@ -44,3 +44,7 @@ done
 for tool in nft ip curl promtool nginx h2load openssl sipp baresip socat kill sysctl ss nstat timeout wrk iperf3 cargo; do
   command -v "$tool" >/dev/null || { echo "scripts/deps.sh: $tool not found after install" >&2; exit 1; }
 done
+# Files the media lab tests read: sipp's RTP captures and baresip's WAV-file source.
+for f in /usr/share/sip-tester/g711a.pcap /usr/share/sip-tester/dtmf_2833_1.pcap /usr/lib/baresip/modules/aufile.so; do
+  [ -e "$f" ] || { echo "scripts/deps.sh: $f missing (packages sip-tester, baresip-core)" >&2; exit 1; }
+done
